@@ -1,0 +1,315 @@
+"""One typed config tree: YAML plus dotted `key=value` overrides, validated at load, frozen.
+
+Every section is a frozen dataclass. Loading walks the tree with the type hints,
+so an unknown key, a wrong type or a value outside a `Literal` set is rejected
+naming its dotted path. Cross-field rules live in `validate()`. Values derived
+from the config and the job (per-rank batch, micro batch) live in
+`dist_train.resolve.Resolved`, never written back here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from dist_train.errors import ConfigError
+
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "selu"]
+Init = Literal["gaussian", "xavier_uniform", "glorot_uniform", "kaiming", "orthogonal"]
+OptimizerName = Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"]
+LossName = Literal["cross_entropy", "binary_cross_entropy", "mse"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["digits", "synthetic"] = "digits"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 0
+    # inputs minus the training split's mean, over its standard deviation:
+    # one pair per channel (images) or per feature, or none
+    normalize: Literal["per_channel", "per_feature", "none"] = "per_channel"
+    # Keep the last, smaller global batch of an epoch (every sample seen once per
+    # epoch) or drop it (every step has the full global batch).
+    drop_last: bool = False
+    # synthetic source only: Gaussian class blobs
+    num_samples: int = 512
+    num_features: int = 32
+    num_classes: int = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["mlp", "cnn"] = "mlp"
+    hidden_sizes: tuple[int, ...] = (64,)
+    activation: Activation = "relu"
+    dropout: float = 0.0
+    batch_norm: bool = False
+    init: Init = "kaiming"
+    init_std: float = 0.01  # gaussian init only
+    channels: tuple[int, ...] = (16, 32)  # cnn only
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: OptimizerName = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    alpha: float = 0.99  # rmsprop smoothing
+    rho: float = 0.9  # adadelta decay
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    max_steps: Optional[int] = None  # stop after this many optimizer steps
+    global_batch_size: int = 64
+    grad_accum_steps: int = 1
+    grad_clip_norm: Optional[float] = None
+    loss: LossName = "cross_entropy"
+    seed: int = 0
+    log_every_steps: int = 50
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    # auto: ddp when more than one worker, single otherwise
+    name: Literal["auto", "single", "ddp"] = "auto"
+    bucket_cap_mb: float = 25.0
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # seconds a collective may wait for a peer before the job fails
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/default"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ----------------------------------------------------------------- loading
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or start from defaults when path is None), apply
+    `a.b=value` overrides, check types and values, and return the frozen tree."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("CONFIG", f"file {str(path)!r} does not exist", "pass the path of a YAML file, e.g. configs/quickstart.yaml")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError("CONFIG", f"{path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("CONFIG", f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides:
+        _apply_override(raw, item)
+    config = _build(Config, raw, "")
+    validate(config)
+    return config
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    config = _build(Config, raw, "")
+    validate(config)
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML, JSON and W&B."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def replace(config: Config, **dotted: Any) -> Config:
+    """A copy with dotted keys changed (`replace(cfg, **{"optim.lr": 0.1})`), validated again."""
+    raw = to_dict(config)
+    for key, value in dotted.items():
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(item, "an override must look like key=value", "e.g. optim.lr=0.01 or model.hidden_sizes=[128,64]")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    _set_dotted(raw, key, value)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: i + 1]), "is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix.rstrip(".") or "CONFIG", f"must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise ConfigError(key, "unknown key", f"allowed keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _convert(hints[name], value, prefix + name)
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, {} if value is None else value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, f"{value!r} is not allowed", f"choose one of: {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(key, f"expected a list of {len(args)} values, got {list(value)!r}")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        # YAML 1.1 reads `1e-3` (no dot) as a string; accept numeric text.
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {key}")  # internal: a field with a type we do not load
+
+
+# -------------------------------------------------------------- validation
+
+def validate(config: Config) -> None:
+    """Cross-field and range rules that do not depend on the number of workers."""
+    d, m, o, t = config.data, config.model, config.optim, config.train
+    _positive("optim.lr", o.lr)
+    _at_least("optim.weight_decay", o.weight_decay, 0.0)
+    _at_least("optim.momentum", o.momentum, 0.0)
+    _positive("optim.eps", o.eps)
+    for i, beta in enumerate(o.betas):
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"optim.betas[{i}]", f"{beta!r} is outside [0, 1)")
+    if not 0.0 <= o.alpha <= 1.0:
+        raise ConfigError("optim.alpha", f"{o.alpha!r} is outside [0, 1]")
+    if not 0.0 <= o.rho <= 1.0:
+        raise ConfigError("optim.rho", f"{o.rho!r} is outside [0, 1]")
+    if o.nesterov and (o.name != "sgd" or o.momentum <= 0):
+        raise ConfigError("optim.nesterov", "needs optim.name=sgd and optim.momentum > 0", "set optim.momentum=0.9")
+    if o.momentum > 0 and o.name not in ("sgd", "rmsprop"):
+        raise ConfigError("optim.momentum", f"{o.momentum!r} does nothing with optim.name={o.name}", "momentum applies to sgd and rmsprop; remove it")
+    _positive("train.epochs", t.epochs)
+    if t.max_steps is not None:
+        _positive("train.max_steps", t.max_steps)
+    _positive("train.global_batch_size", t.global_batch_size)
+    _positive("train.grad_accum_steps", t.grad_accum_steps)
+    _positive("train.log_every_steps", t.log_every_steps)
+    if t.grad_clip_norm is not None:
+        _positive("train.grad_clip_norm", t.grad_clip_norm)
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError("model.dropout", f"{m.dropout!r} is outside [0, 1)")
+    for i, size in enumerate(m.hidden_sizes):
+        _positive(f"model.hidden_sizes[{i}]", size)
+    for i, size in enumerate(m.channels):
+        _positive(f"model.channels[{i}]", size)
+    _positive("model.init_std", m.init_std)
+    for key, frac in (("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ConfigError(key, f"{frac!r} is outside (0, 1)")
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError("data.test_fraction", "validation and test fractions leave no training data")
+    _positive("data.num_samples", d.num_samples)
+    _positive("data.num_features", d.num_features)
+    if d.num_classes < 2:
+        raise ConfigError("data.num_classes", f"{d.num_classes!r} must be at least 2")
+    _positive("dist.timeout_s", config.dist.timeout_s)
+    _positive("strategy.bucket_cap_mb", config.strategy.bucket_cap_mb)
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(key, f"{value!r} must be greater than 0")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if not value >= low:
+        raise ConfigError(key, f"{value!r} must be at least {low}")

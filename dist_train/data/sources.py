@@ -1,0 +1,97 @@
+"""In-memory data sources behind one small interface: `build_splits(cfg)` gives
+train/validation/test tensors, the input shape and the number of classes.
+
+Inputs are normalized with the training split's per-feature mean and standard
+deviation (never the validation or test split's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dist_train.config import DataConfig
+
+
+@dataclass(frozen=True)
+class Split:
+    inputs: torch.Tensor  # float32, (N, *input_shape)
+    targets: torch.Tensor  # int64 class indices, (N,)
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def build_splits(cfg: DataConfig) -> Splits:
+    if cfg.source == "digits":
+        inputs, targets, shape, classes = _digits()
+    elif cfg.source == "synthetic":
+        inputs, targets, shape, classes = _synthetic(cfg)
+    else:  # the config's Literal rejects other names
+        raise AssertionError(cfg.source)
+    return split_and_normalize(inputs, targets, shape, classes, cfg)
+
+
+def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tuple[int, ...],
+                        num_classes: int, cfg: DataConfig) -> Splits:
+    """Shuffle once with `cfg.split_seed`, cut validation and test off the front,
+    and normalize every split with the training split's statistics."""
+    n = len(targets)
+    order = np.random.default_rng(cfg.split_seed).permutation(n)
+    n_val = int(round(n * cfg.val_fraction))
+    n_test = int(round(n * cfg.test_fraction))
+    val_idx, test_idx, train_idx = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    x = normalize(inputs.reshape(n, *input_shape).astype(np.float64), train_idx, cfg.normalize)
+    x = torch.from_numpy(x.astype(np.float32))
+    y = torch.from_numpy(targets.astype(np.int64))
+
+    def take(idx: np.ndarray) -> Split:
+        index = torch.from_numpy(idx)
+        return Split(x[index].contiguous(), y[index].contiguous())
+
+    return Splits(take(train_idx), take(val_idx), take(test_idx), input_shape, num_classes)
+
+
+def normalize(inputs: np.ndarray, train_idx: np.ndarray, mode: str) -> np.ndarray:
+    """Standardize with statistics of the training rows only. `per_channel`
+    pools axis 1's channels over all positions (flat inputs: one channel of all
+    features); `per_feature` keeps one mean and std per input value."""
+    if mode == "none":
+        return inputs
+    train = inputs[train_idx]
+    if mode == "per_feature":
+        mean, std = train.mean(axis=0), train.std(axis=0)
+    elif inputs.ndim >= 3:
+        axes = (0, *range(2, inputs.ndim))
+        mean, std = train.mean(axis=axes, keepdims=True)[0], train.std(axis=axes, keepdims=True)[0]
+    else:
+        mean, std = train.mean(), train.std()
+    std = np.where(std < 1e-8, 1.0, std)  # constant inputs stay centred instead of dividing by 0
+    return (inputs - mean) / std
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
+    """scikit-learn's 1,797 real 8x8 handwritten digits, shipped with the package."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images.astype(np.float32), bunch.target, (1, 8, 8), 10
+
+
+def _synthetic(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
+    """Gaussian blobs, one per class, for fast tests and benchmarks."""
+    rng = np.random.default_rng(1234 + cfg.split_seed)
+    centers = rng.normal(0.0, 1.0, size=(cfg.num_classes, cfg.num_features))
+    targets = rng.integers(0, cfg.num_classes, size=cfg.num_samples)
+    inputs = centers[targets] + rng.normal(0.0, 1.0, size=(cfg.num_samples, cfg.num_features))
+    return inputs.astype(np.float32), targets, (cfg.num_features,), cfg.num_classes

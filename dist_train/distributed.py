@@ -1,0 +1,69 @@
+"""Process group set-up and the few collectives the library uses.
+
+Every function here is called on every rank (habit: collectives everywhere,
+side effects on rank 0). With one worker no process group exists and each
+function is the identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+from dist_train.env import DistEnv
+
+
+@contextlib.contextmanager
+def process_group(env: DistEnv, timeout_s: float) -> Iterator[None]:
+    """Start the process group (when world_size > 1) with an explicit timeout,
+    so a lost peer fails the job instead of hanging for torch's 30 minutes."""
+    if not env.is_distributed or dist.is_initialized():
+        yield
+        return
+    if env.device.startswith("cuda"):
+        torch.cuda.set_device(env.device)
+    kwargs = {}
+    if env.backend == "nccl":
+        kwargs["device_id"] = torch.device(env.device)
+    dist.init_process_group(
+        backend=env.backend,
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        **kwargs,
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum `tensor` over ranks in place and return it."""
+    if env.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def agree_any(flag: bool, env: DistEnv) -> bool:
+    """True on every rank when it is True on at least one: for decisions
+    (stop, skip, save) that every rank must take together."""
+    if not env.is_distributed:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def agree_all(flag: bool, env: DistEnv) -> bool:
+    """True on every rank only when it is True on all of them."""
+    return not agree_any(not flag, env)
+
+
+def barrier(env: DistEnv) -> None:
+    if env.is_distributed:
+        dist.barrier()

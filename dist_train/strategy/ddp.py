@@ -1,0 +1,35 @@
+"""torch's DistributedDataParallel: bucketed all-reduce overlapped with the
+backward pass; `no_sync` on all micro-batches but the last."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dist_train.env import DistEnv
+from dist_train.strategy.base import Strategy
+
+
+class DDPStrategy(Strategy):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv,
+                 bucket_cap_mb: float = 25.0, broadcast_buffers: bool = True) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.world_size = env.world_size
+        device_ids = [env.local_rank] if env.device.startswith("cuda") else None
+        self.train_model = DistributedDataParallel(
+            model, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb, broadcast_buffers=broadcast_buffers,
+        )
+
+    def micro_step(self, sync: bool) -> contextlib.AbstractContextManager:
+        # no_sync must cover the forward pass too: DDP decides there whether
+        # the coming backward all-reduces.
+        return contextlib.nullcontext() if sync else self.train_model.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # DDP averages gradients over ranks; each rank's loss is already its
+        # share of the global mean, so scale back up to get the global sum.
+        (loss * self.world_size).backward()

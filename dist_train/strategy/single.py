@@ -1,0 +1,17 @@
+"""One process, no communication."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dist_train.strategy.base import Strategy
+
+
+class SingleStrategy(Strategy):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = self.train_model = model
+        self.optimizer = optimizer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
