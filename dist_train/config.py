@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from dist_train.errors import ConfigError
+from dist_train.errors import ConfigError, DistTrainError
 
 Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "selu"]
 Init = Literal["gaussian", "xavier_uniform", "glorot_uniform", "kaiming", "orthogonal"]
@@ -122,15 +122,15 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError("CONFIG", f"file {str(path)!r} does not exist", "pass the path of a YAML file, e.g. configs/quickstart.yaml")
+            raise DistTrainError(f"config file {str(path)!r} does not exist; pass the path of a YAML file, e.g. configs/quickstart.yaml")
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError("CONFIG", f"{path} is not valid YAML: {exc}") from None
+            raise DistTrainError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError("CONFIG", f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+            raise DistTrainError(f"config file {str(path)!r} must hold a mapping of sections (data:, model:, ...), got {type(loaded).__name__}")
         raw = loaded
     for item in overrides:
         _apply_override(raw, item)

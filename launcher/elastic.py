@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,10 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
+    if "OMP_NUM_THREADS" not in os.environ and str(args.nproc_per_node) != "1":
+        # What torchrun would choose, set here so it does not print a banner about it:
+        # several workers on one node each get one intra-op thread.
+        os.environ["OMP_NUM_THREADS"] = "1"
     try:
         torchrun_main(torchrun_argv(args, config, overrides))
     except ChildFailedError as exc:

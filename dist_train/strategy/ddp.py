@@ -15,13 +15,13 @@ from dist_train.strategy.base import Strategy
 
 class DDPStrategy(Strategy):
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv,
-                 bucket_cap_mb: float = 25.0, broadcast_buffers: bool = True) -> None:
+                 bucket_cap_mb: float = 25.0) -> None:
         self.model = model
         self.optimizer = optimizer
         self.world_size = env.world_size
         device_ids = [env.local_rank] if env.device.startswith("cuda") else None
         self.train_model = DistributedDataParallel(
-            model, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb, broadcast_buffers=broadcast_buffers,
+            model, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb,
         )
 
     def micro_step(self, sync: bool) -> contextlib.AbstractContextManager:

@@ -1,0 +1,92 @@
+"""Start N real worker processes over gloo, collect what each returns, re-raise
+a worker's exception, and fail on a timeout instead of hanging the suite."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def to_numpy(value: Any) -> Any:
+    """Tensors cross the process boundary as numpy arrays (plain pickles)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, dict):
+        return {k: to_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_numpy(v) for v in value)
+    return value
+
+
+def _entry(fn: Callable, rank: int, world_size: int, port: int, results: mp.Queue, args: tuple,
+           pg_timeout_s: float) -> None:
+    try:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                          LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.set_num_threads(1)
+        from dist_train.distributed import process_group
+        from dist_train.env import DistEnv
+
+        env = DistEnv.from_env(device="cpu")
+        with process_group(env, pg_timeout_s):
+            out = fn(env, *args)
+        results.put((rank, True, to_numpy(out)))
+    except BaseException:
+        results.put((rank, False, traceback.format_exc()))
+
+
+def run_workers(fn: Callable, world_size: int, *args: Any, timeout_s: float = 120.0,
+                pg_timeout_s: float = 60.0) -> list[Any]:
+    """Run `fn(env, *args)` on `world_size` spawned processes joined by a gloo
+    process group; return their results ordered by rank. `fn` must be importable
+    (defined at module level)."""
+    ctx = mp.get_context("spawn")
+    results: mp.Queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, results, args, pg_timeout_s), daemon=True)
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < world_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(set(range(world_size)) - set(got))
+                raise TimeoutError(f"ranks {missing} did not finish within {timeout_s:.0f}s")
+            try:
+                rank, ok, payload = results.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in got]
+                if not dead:
+                    continue
+                try:  # a process that just exited may still have its report in the pipe
+                    rank, ok, payload = results.get(timeout=2.0)
+                except queue.Empty:
+                    raise RuntimeError(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without a result") from None
+            if not ok:
+                raise RuntimeError(f"rank {rank} failed:\n{payload}")
+            got[rank] = payload
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return [got[r] for r in range(world_size)]
