@@ -13,11 +13,11 @@ from torch import nn
 from dist_train.data.loader import Batch
 from dist_train.distributed import all_reduce_sum
 from dist_train.env import DistEnv
-from dist_train.losses import PerSampleLoss
+from dist_train.losses import LossFn
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: PerSampleLoss, env: DistEnv) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, env: DistEnv) -> dict[str, float]:
     """Loss and accuracy over a whole split: this rank's share, then one
     all-reduce of [loss sum, correct, count]. The model must be the plain module
     (not a DDP wrapper: its forward would communicate)."""
@@ -26,7 +26,7 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: PerSampleLoss,
     totals = torch.zeros(3, dtype=torch.float64, device=env.device)
     for batch in batches:
         logits = model(batch.inputs)
-        totals[0] += loss_fn(logits, batch.targets).sum(dtype=torch.float64)
+        totals[0] += loss_fn(logits, batch.targets, reduction="none").sum(dtype=torch.float64)
         totals[1] += (logits.argmax(dim=1) == batch.targets).sum()
         totals[2] += batch.targets.shape[0]
     model.train(was_training)
@@ -38,23 +38,31 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: PerSampleLoss,
 
 
 class RunningMean:
-    """The training loss as sums and counts over two windows, since the last
-    log line and since the epoch began, kept on the device so the hot loop
-    never waits for a host copy."""
-
-    INTERVAL, EPOCH = 0, 1
+    """The training loss over two windows: since the last log line and since the
+    epoch began. The hot loop only adds on the device (no host copy, no
+    collective); a reduction folds what is pending into both windows' global sums."""
 
     def __init__(self, device: str) -> None:
-        self.totals = torch.zeros(2, 2, dtype=torch.float64, device=device)  # [window, (sum, count)]
+        self.pending_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.pending_count = 0
+        self.device = device
+        self.windows = {"interval": [0.0, 0], "epoch": [0.0, 0]}
 
     def add(self, loss_sum: torch.Tensor, count: int) -> None:
-        self.totals[:, 0] += loss_sum.detach().to(torch.float64)
-        self.totals[:, 1] += count
+        self.pending_sum.add_(loss_sum.detach())
+        self.pending_count += count
 
-    def reduce_and_reset(self, window: int, env: DistEnv) -> float:
-        """Global mean over `window`, which then starts again; every rank must
-        call it at the same step."""
-        totals = all_reduce_sum(self.totals[window].clone(), env)
-        self.totals[window].zero_()
-        loss_sum, count = totals.tolist()
-        return loss_sum / count if count else float("nan")
+    def mean(self, window: str, env: DistEnv) -> float:
+        """Global mean over `window` ("interval" or "epoch"), which then starts
+        again. A collective: every rank calls it at the same step."""
+        totals = torch.stack([self.pending_sum, torch.tensor(float(self.pending_count), dtype=torch.float64,
+                                                             device=self.device)])
+        loss_sum, count = all_reduce_sum(totals, env).tolist()
+        self.pending_sum.zero_()
+        self.pending_count = 0
+        for w in self.windows.values():
+            w[0] += loss_sum
+            w[1] += int(count)
+        total, n = self.windows[window]
+        self.windows[window] = [0.0, 0]
+        return total / n if n else float("nan")

@@ -21,6 +21,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 no_decay.append(param)
             else:
                 decay.append(param)
+    if weight_decay == 0.0:
+        # one group: each extra group is one more pass of optimizer kernels per step
+        return [{"params": decay + no_decay, "weight_decay": 0.0}]
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

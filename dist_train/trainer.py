@@ -76,7 +76,7 @@ class Trainer:
             samples = self.train_epoch(epoch)
             seconds = time.perf_counter() - start
             val = self.evaluate("val")
-            tracker.log("epoch", epoch=epoch, step=self.global_step, train_loss=self.running_loss.reduce_and_reset(RunningMean.EPOCH, self.env),
+            tracker.log("epoch", epoch=epoch, step=self.global_step, train_loss=self.running_loss.mean("epoch", self.env),
                         val_loss=val["loss"], val_accuracy=val["accuracy"], epoch_seconds=round(seconds, 4),
                         samples_per_s=samples / seconds if seconds > 0 else float("nan"))
             if self._reached_max_steps():
@@ -96,7 +96,7 @@ class Trainer:
             self.global_step += 1
             if self.global_step % self.cfg.train.log_every_steps == 0:
                 self.tracker.log("train", epoch=epoch, step=self.global_step,
-                                 loss=self.running_loss.reduce_and_reset(RunningMean.INTERVAL, self.env), lr=self.lr)
+                                 loss=self.running_loss.mean("interval", self.env), lr=self.lr)
             if self._reached_max_steps():
                 break
         return samples
@@ -109,9 +109,8 @@ class Trainer:
         last = len(step.micro_batches) - 1
         for i, batch in enumerate(step.micro_batches):
             with strategy.micro_step(sync=i == last):
-                per_sample = self.loss_fn(strategy.train_model(batch.inputs), batch.targets)
-                loss_sum = per_sample.sum()
-                strategy.backward(loss_sum / step.global_count)
+                loss_sum = self.loss_fn(strategy.train_model(batch.inputs), batch.targets)
+                strategy.backward(loss_sum, step.global_count)
             self.running_loss.add(loss_sum, batch.targets.shape[0])
         strategy.step(self.cfg.train.grad_clip_norm)
 

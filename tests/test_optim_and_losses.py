@@ -51,11 +51,13 @@ def test_l2_decay_changes_weights_not_biases_when_gradients_are_zero():
             assert torch.allclose(p, before[n] * (1 - 0.1 * 0.5)), n
 
 
-def test_losses_are_per_sample_and_average_to_torchs_means():
+def test_losses_sum_or_per_sample_and_average_to_torchs_means():
     logits, targets = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
     onehot = F.one_hot(targets, 4).float()
-    ce, bce, mse = (build_loss(n)(logits, targets) for n in ("cross_entropy", "binary_cross_entropy", "mse"))
+    ce, bce, mse = (build_loss(n)(logits, targets, reduction="none") for n in ("cross_entropy", "binary_cross_entropy", "mse"))
     assert ce.shape == bce.shape == mse.shape == (6,)
+    for name, per_sample in zip(("cross_entropy", "binary_cross_entropy", "mse"), (ce, bce, mse)):
+        assert torch.allclose(build_loss(name)(logits, targets), per_sample.sum())  # "sum" is the default
     assert torch.allclose(ce.mean(), F.cross_entropy(logits, targets))
     assert torch.allclose(bce.mean(), F.binary_cross_entropy_with_logits(logits, onehot))
     assert torch.allclose(mse.mean(), F.mse_loss(logits, onehot))

@@ -3,9 +3,10 @@
 The trainer never branches on the strategy. Per optimizer step it runs, for
 each micro-batch, the forward pass and `backward(loss)` inside
 `micro_step(sync=is_last_micro_batch)`, then calls `step()`.
-`loss` is this rank's share of the global mean (its samples' loss sum divided
-by the global number of samples in the step); a strategy makes the gradients
-on every rank equal the gradient of the global mean.
+`backward(loss_sum, global_count)` gets this micro-batch's loss summed over its
+samples and the number of samples in the whole step across all ranks; after
+the step's last micro-batch the gradients on every rank must equal the
+gradient of the global mean (all ranks' loss sums over `global_count`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class Strategy(ABC):
         return contextlib.nullcontext()
 
     @abstractmethod
-    def backward(self, loss: torch.Tensor) -> None:
-        """Accumulate the gradients of `loss`."""
+    def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
+        """Accumulate this micro-batch's share of the gradient of the global mean."""
 
     def step(self, grad_clip_norm: float | None) -> torch.Tensor | None:
         """Clip (when asked), apply the optimizer, zero the gradients.

@@ -29,7 +29,7 @@ class DDPStrategy(Strategy):
         # the coming backward all-reduces.
         return contextlib.nullcontext() if sync else self.train_model.no_sync()
 
-    def backward(self, loss: torch.Tensor) -> None:
-        # DDP averages gradients over ranks; each rank's loss is already its
-        # share of the global mean, so scale back up to get the global sum.
-        (loss * self.world_size).backward()
+    def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
+        # DDP averages gradients over ranks (divides their sum by world_size);
+        # scaling by world_size / global_count leaves the gradient of the global mean.
+        (loss_sum * (self.world_size / global_count)).backward()

@@ -13,5 +13,5 @@ class SingleStrategy(Strategy):
         self.model = self.train_model = model
         self.optimizer = optimizer
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+    def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
+        (loss_sum * (1.0 / global_count)).backward()
