@@ -3,6 +3,7 @@ processes over gloo), for every optimizer, with and without accumulation."""
 
 import numpy as np
 import pytest
+import torch
 
 from dist_train.config import load_config
 from dist_train.env import DistEnv
@@ -54,3 +55,25 @@ def test_two_workers_match_one_process_for_every_optimizer(single_process, accum
     # and training moved the weights (the comparison is not of two untouched inits)
     init = to_numpy(train_weights(DistEnv(), CASES["sgd"] + ["train.max_steps=1", "optim.lr=1e-12"]))
     assert np.max(np.abs(single_process["sgd"]["net.1.weight"] - init["net.1.weight"])) > 1e-3
+
+
+def micro_step_gradients(env: DistEnv) -> dict:
+    """Gradients after a micro-step that must not communicate, then after one that must."""
+    cfg = load_config(None, BASE)
+    trainer = Trainer(cfg, env, resolve(cfg, env.world_size))
+    strategy = trainer.strategy
+    x = torch.full((4, 12), float(env.rank + 1))  # different data on each rank
+    y = torch.zeros(4, dtype=torch.long)
+    weight = strategy.model.net[1].weight
+    with strategy.micro_step(sync=False):
+        strategy.backward(trainer.loss_fn(strategy.train_model(x), y), 8)
+    after_no_sync = weight.grad.clone()
+    with strategy.micro_step(sync=True):
+        strategy.backward(trainer.loss_fn(strategy.train_model(x), y), 8)
+    return {"no_sync": after_no_sync, "sync": weight.grad.clone()}
+
+
+def test_accumulation_skips_the_all_reduce_until_the_last_micro_batch():
+    r0, r1 = run_workers(micro_step_gradients, 2)
+    assert np.max(np.abs(r0["no_sync"] - r1["no_sync"])) > 1e-4  # each rank kept its own gradient
+    assert np.array_equal(r0["sync"], r1["sync"])  # the last micro-batch all-reduced everything
