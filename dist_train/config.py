@@ -52,6 +52,9 @@ class ModelConfig:
     activation: Activation = "relu"
     dropout: float = 0.0
     batch_norm: bool = False
+    # batch-norm statistics over the whole global batch (all workers), not each
+    # worker's share; with one worker it is ordinary batch norm
+    sync_batchnorm: bool = False
     init: Init = "kaiming"
     init_std: float = 0.01  # gaussian init only
     channels: tuple[int, ...] = (16, 32)  # cnn only

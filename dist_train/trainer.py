@@ -21,6 +21,7 @@ from dist_train.models import build_model
 from dist_train.optim import build_optimizer
 from dist_train.resolve import Resolved
 from dist_train.strategy import Strategy, build_strategy
+from dist_train.sync_batchnorm import convert_sync_batchnorm
 from dist_train.tracking import NullTracker, Tracker
 
 EVAL_BATCH_SIZE = 1024
@@ -54,6 +55,8 @@ class Trainer:
         # then a per-rank stream for dropout and anything else random.
         seed_everything(cfg.train.seed)
         model = build_model(cfg.model, self.splits.input_shape, self.splits.num_classes).to(env.device)
+        if cfg.model.sync_batchnorm:
+            model = convert_sync_batchnorm(model, env)
         self.strategy: Strategy = build_strategy(cfg, env, resolved, model, build_optimizer(cfg.optim, model))
         seed_everything(rank_seed(cfg.train.seed, env.rank))
         self.loss_fn = build_loss(cfg.train.loss)

@@ -4,6 +4,7 @@ backward pass; `no_sync` on all micro-batches but the last."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from torch import nn
@@ -11,6 +12,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dist_train.env import DistEnv
 from dist_train.strategy.base import Strategy
+from dist_train.sync_batchnorm import SyncBatchNorm
+
+
+def has_synchronized_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm)) for m in model.modules())
+
+
+def _no_forward_buffer_sync() -> dict[str, bool]:
+    # torch 2.13 renamed the switch; older releases only know broadcast_buffers
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 class DDPStrategy(Strategy):
@@ -20,8 +33,14 @@ class DDPStrategy(Strategy):
         self.optimizer = optimizer
         self.world_size = env.world_size
         device_ids = [env.local_rank] if env.device.startswith("cuda") else None
+        kwargs = {}
+        if has_synchronized_batchnorm(model):
+            # Synchronized batch norm keeps running statistics identical on every
+            # rank by construction; DDP's broadcast of rank 0's buffers before each
+            # forward would be one more collective per step for nothing.
+            kwargs = _no_forward_buffer_sync()
         self.train_model = DistributedDataParallel(
-            model, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb,
+            model, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb, **kwargs,
         )
 
     def micro_step(self, sync: bool) -> contextlib.AbstractContextManager:

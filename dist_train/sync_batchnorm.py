@@ -1,0 +1,168 @@
+"""Batch norm whose statistics cover the whole global batch, on every backend.
+
+torch's `nn.SyncBatchNorm` refuses CPU tensors, so CPU/gloo training (and the
+reference for the GPU path) uses this implementation: a custom autograd
+function that, in training mode,
+
+- forward: computes each rank's per-channel mean and M2 (sum of squared
+  deviations) stably, then all-reduces one float64 vector per layer,
+  [count, count*mean, M2 + count*mean^2], from which every rank gets the same
+  global mean and biased variance (Chan et al.'s parallel variance, carried in
+  float64 so the subtraction does not cancel);
+- backward: all-reduces one vector per layer, [sum dy, sum dy*xhat], the two
+  sums the input gradient needs.
+
+Ranks may hold different numbers of samples, or none: every rank still calls
+both collectives, so nobody waits alone. Running mean and the unbiased running
+variance are updated from the global statistics and so stay identical on every
+rank. In evaluation mode the running statistics are used and nothing is
+communicated.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from dist_train.env import DistEnv
+
+
+def _reduce_dims(x: torch.Tensor) -> list[int]:
+    return [0, *range(2, x.dim())]
+
+
+def _channel_shape(x: torch.Tensor) -> list[int]:
+    return [1, x.shape[1]] + [1] * (x.dim() - 2)
+
+
+def global_moments(x: torch.Tensor, world_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel mean and biased variance over all ranks' `x`, and the global
+    count of values per channel. One all-reduce (a collective: every rank calls it)."""
+    dims = _reduce_dims(x)
+    count = x.numel() // x.shape[1] if x.shape[1] else 0
+    if count > 0:
+        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+        mean, m2 = mean.double(), var.double() * count
+    else:  # this rank holds no samples: it contributes nothing but still takes part
+        mean = m2 = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    stats = torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=x.device),
+                       count * mean, m2 + count * mean * mean])
+    if world_size > 1:
+        dist.all_reduce(stats)
+    total = int(round(stats[0].item()))
+    if total <= 1:
+        raise ValueError(f"synchronized batch norm needs more than 1 value per channel across all ranks in "
+                         f"training, got {total}; use a larger global batch or data.drop_last=true")
+    g_mean = stats[1:1 + x.shape[1]] / total
+    g_var = (stats[1 + x.shape[1]:] / total - g_mean * g_mean).clamp_min(0.0)
+    return g_mean, g_var, total
+
+
+class _SyncBatchNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                mean: torch.Tensor, invstd: torch.Tensor, total: int, world_size: int) -> torch.Tensor:
+        shape = _channel_shape(x)
+        xhat = (x - mean.view(shape)) * invstd.view(shape)
+        ctx.save_for_backward(xhat, weight, invstd)
+        ctx.total, ctx.world_size = total, world_size
+        y = xhat
+        if weight is not None:
+            y = y * weight.view(shape)
+        if bias is not None:
+            y = y + bias.view(shape)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple:
+        xhat, weight, invstd = ctx.saved_tensors
+        dims, shape = _reduce_dims(dy), _channel_shape(dy)
+        sum_dy = dy.sum(dim=dims)
+        sum_dy_xhat = (dy * xhat).sum(dim=dims)
+        # parameter gradients are this rank's part; DDP reduces them like any other
+        grad_weight = sum_dy_xhat if weight is not None and ctx.needs_input_grad[1] else None
+        grad_bias = sum_dy if ctx.needs_input_grad[2] else None
+        grad_x = None
+        if ctx.needs_input_grad[0] or ctx.world_size > 1:  # every rank joins the collective
+            sums = torch.cat([sum_dy, sum_dy_xhat]).double()
+            if ctx.world_size > 1:
+                dist.all_reduce(sums)
+            channels = dy.shape[1]
+            mean_dy = (sums[:channels] / ctx.total).to(dy.dtype).view(shape)
+            mean_dy_xhat = (sums[channels:] / ctx.total).to(dy.dtype).view(shape)
+            scale = invstd.view(shape) if weight is None else (invstd * weight).view(shape)
+            grad_x = (dy - mean_dy - xhat * mean_dy_xhat) * scale
+        return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Drop-in for BatchNorm1d/2d/3d (same parameters and buffers, so state dicts
+    load into plain batch norm) whose training statistics span all ranks."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, world_size: int = 1, device: Any = None, dtype: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.world_size = world_size
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (batch, channels, ...), got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        use_batch_stats = self.training or not self.track_running_stats
+        if not use_batch_stats:  # evaluation: running statistics, no communication
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        mean, var, total = global_moments(x.detach(), self.world_size)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean, var, total)
+        invstd = torch.rsqrt(var + self.eps)
+        return _SyncBatchNormFunction.apply(x, self.weight, self.bias, mean.to(x.dtype), invstd.to(x.dtype),
+                                            total, self.world_size)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, total: int) -> None:
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * (total / (total - 1))
+        self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
+        self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+
+
+def convert_sync_batchnorm(model: nn.Module, env: DistEnv) -> nn.Module:
+    """Replace every batch-norm layer by its synchronized version, in place
+    (returns the converted root). One worker: nothing to synchronize, unchanged.
+    On CUDA, torch's own `nn.SyncBatchNorm` (NCCL kernels); elsewhere ours."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        warnings.warn("model.sync_batchnorm is true but the model has no batch-norm layer, so it does nothing "
+                      "(the mlp needs model.batch_norm=true)", stacklevel=2)
+    if env.world_size <= 1:
+        return model
+    if env.device.startswith("cuda"):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert(model, env.world_size)
+
+
+def _convert(module: nn.Module, world_size: int) -> nn.Module:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
+        sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats, world_size=world_size)
+        with torch.no_grad():
+            if module.affine:
+                sync.weight.copy_(module.weight)
+                sync.bias.copy_(module.bias)
+            if module.track_running_stats:
+                sync.running_mean.copy_(module.running_mean)
+                sync.running_var.copy_(module.running_var)
+                sync.num_batches_tracked.copy_(module.num_batches_tracked)
+        sync.to(device=next(module.buffers(), torch.empty(0)).device)
+        sync.train(module.training)
+        return sync
+    for name, child in module.named_children():
+        module.add_module(name, _convert(child, world_size))
+    return module

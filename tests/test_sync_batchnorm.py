@@ -1,0 +1,269 @@
+"""Synchronized batch norm: N workers normalize exactly as one device does on
+the concatenated batch (real processes over gloo)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dist_train.config import load_config
+from dist_train.env import DistEnv
+from dist_train.resolve import resolve
+from dist_train.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
+from dist_train.trainer import Trainer
+from tests.conftest import REPO
+from tests.multiproc import run_workers, to_numpy
+
+CHANNELS = 3
+STEPS = 2  # two training steps: the running statistics are updated twice
+
+
+def case_data(shape_tail, sizes, dtype, step):
+    """The global batch of one step (identical on every rank) and the upstream gradient."""
+    gen = torch.Generator().manual_seed(100 * step + sum(sizes))
+    total = sum(sizes)
+    x = (torch.randn(total, CHANNELS, *shape_tail, generator=gen) * 2.0 + 0.5).to(dtype)
+    g = torch.randn(total, CHANNELS, *shape_tail, generator=gen).to(dtype)
+    return x, g
+
+
+def affine_init(bn):
+    with torch.no_grad():
+        bn.weight.copy_(torch.linspace(0.5, 1.5, CHANNELS))
+        bn.bias.copy_(torch.linspace(-0.2, 0.2, CHANNELS))
+
+
+def run_case(bn, shape_tail, sizes, dtype, lo, hi):
+    """Train-mode forward/backward of rows lo:hi of each step's global batch."""
+    out = []
+    for step in range(STEPS):
+        x, g = case_data(shape_tail, sizes, dtype, step)
+        x = x[lo:hi].clone().requires_grad_(True)
+        bn.zero_grad()
+        y = bn(x)
+        (y * g[lo:hi]).sum().backward()
+        out.append({"y": y.detach(), "gx": x.grad, "gw": bn.weight.grad.clone(), "gb": bn.bias.grad.clone()})
+    return {"steps": out, "running_mean": bn.running_mean.clone(), "running_var": bn.running_var.clone()}
+
+
+def sync_worker(env, cases):
+    results = {}
+    for shape_tail, sizes, dtype_name in cases:
+        dtype = getattr(torch, dtype_name)
+        bn = SyncBatchNorm(CHANNELS, world_size=env.world_size).to(dtype)
+        affine_init(bn)
+        lo = sum(sizes[:env.rank])
+        results[(shape_tail, sizes, dtype_name)] = run_case(bn, shape_tail, sizes, dtype, lo, lo + sizes[env.rank])
+    return results
+
+
+def reference(shape_tail, sizes, dtype):
+    bn = (nn.BatchNorm1d if len(shape_tail) < 2 else nn.BatchNorm2d)(CHANNELS).to(dtype)
+    affine_init(bn)
+    return to_numpy(run_case(bn, shape_tail, sizes, dtype, 0, sum(sizes)))
+
+
+CASES = [
+    # (input shape after channels, per-rank sizes)
+    ((), (4, 4)),            # BatchNorm1d on (N, C), equal
+    ((), (5, 2)),            # unequal
+    ((7,), (3, 3, 3)),       # BatchNorm1d on (N, C, L), 3 workers
+    ((4, 4), (3, 3)),        # BatchNorm2d, equal
+    ((4, 4), (1, 4, 2)),     # BatchNorm2d, unequal, 3 workers
+    ((4, 4), (4, 0, 3)),     # a worker with no samples at all
+    ((), (6, 0)),
+]
+DTYPES = {"float64": 1e-6, "float32": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def synced_results():
+    """Every case, run once per world size (one spawn of 2 and one of 3 workers)."""
+    out = {}
+    for world in (2, 3):
+        cases = [(t, s, d) for t, s in CASES if len(s) == world for d in DTYPES]
+        for rank, result in enumerate(run_workers(sync_worker, world, cases, timeout_s=180)):
+            for key, value in result.items():
+                out.setdefault(key, [None] * world)[rank] = value
+    return out
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("shape_tail, sizes", CASES)
+def test_workers_equal_single_process_batch_norm_on_the_whole_batch(synced_results, shape_tail, sizes, dtype_name):
+    tol = DTYPES[dtype_name]
+    ref = reference(shape_tail, sizes, getattr(torch, dtype_name))
+    ranks = synced_results[(shape_tail, sizes, dtype_name)]
+    for step in range(STEPS):
+        got = [r["steps"][step] for r in ranks]
+        want = ref["steps"][step]
+        np.testing.assert_allclose(np.concatenate([g["y"] for g in got]), want["y"], rtol=tol, atol=tol)
+        np.testing.assert_allclose(np.concatenate([g["gx"] for g in got]), want["gx"], rtol=tol, atol=tol)
+        # each rank holds its samples' part of the parameter gradients; DDP sums them
+        np.testing.assert_allclose(sum(g["gw"] for g in got), want["gw"], rtol=tol, atol=tol)
+        np.testing.assert_allclose(sum(g["gb"] for g in got), want["gb"], rtol=tol, atol=tol)
+    for r in ranks:  # running statistics: the single-process ones, identical on every rank
+        np.testing.assert_allclose(r["running_mean"], ref["running_mean"], rtol=tol, atol=tol)
+        np.testing.assert_allclose(r["running_var"], ref["running_var"], rtol=tol, atol=tol)
+        assert np.array_equal(r["running_var"], ranks[0]["running_var"])
+
+
+def test_one_value_per_channel_across_all_ranks_is_refused_on_every_rank():
+    assert run_workers(_expect_single_value_error, 2) == [True, True]
+
+
+def _expect_single_value_error(env):
+    bn = SyncBatchNorm(CHANNELS, world_size=env.world_size)
+    try:
+        bn(torch.randn(1 if env.rank == 0 else 0, CHANNELS))
+    except ValueError as exc:
+        return "more than 1 value per channel across all ranks" in str(exc)
+    return False
+
+
+def eval_worker(env):
+    """Rank 0 evaluates three batches while rank 1 evaluates none: with any
+    collective in eval mode this would hang (and time out)."""
+    calls = []
+    real_all_reduce = dist.all_reduce
+
+    def counting_all_reduce(*args, **kwargs):
+        calls.append(1)
+        return real_all_reduce(*args, **kwargs)
+
+    bn = SyncBatchNorm(CHANNELS, world_size=env.world_size)
+    bn.train()
+    bn(torch.randn(8, CHANNELS) + env.rank)  # one training step to move the running stats
+    bn.eval()
+    outputs = []
+    dist.all_reduce = counting_all_reduce  # a spy on the module-level function the layer calls
+    try:
+        if env.rank == 0:
+            for _ in range(3):
+                x = torch.randn(5, CHANNELS)
+                outputs.append((bn(x), torch.nn.functional.batch_norm(
+                    x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)))
+    finally:
+        dist.all_reduce = real_all_reduce
+    dist.barrier()
+    return {"calls": len(calls), "max_diff": max((float((a - b).abs().max()) for a, b in outputs), default=0.0)}
+
+
+def test_eval_mode_uses_running_statistics_and_communicates_nothing():
+    r0, r1 = run_workers(eval_worker, 2, timeout_s=90)
+    assert r0["calls"] == 0 and r1["calls"] == 0
+    assert r0["max_diff"] == 0.0
+
+
+# ---------------------------------------------------- gradcheck across processes
+
+FORWARD, BACKWARD, DONE = 0, 1, 2
+
+
+def _command(env, value=0):
+    t = torch.tensor([value])
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+class _AnnounceBackward(torch.autograd.Function):
+    """Identity whose backward tells the mirror rank that a backward pass begins."""
+
+    @staticmethod
+    def forward(ctx, y, env_rank):
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, dy):
+        _command(None, BACKWARD)
+        return dy, None
+
+
+def gradcheck_worker(env):
+    """Rank 0 runs torch.autograd.gradcheck on its input, perturbing it element by
+    element through the real 2-process layer; rank 1 mirrors every forward and
+    backward with its own fixed input and a zero upstream gradient, so the
+    function checked is "rank 0's output as a function of rank 0's input", the
+    global statistics included. (Rank 1's zero gradient adds nothing to the
+    backward sums; their reduction across ranks is checked by the comparison
+    of input gradients with single-process batch norm above.)"""
+    torch.manual_seed(0)
+    bn = SyncBatchNorm(CHANNELS, world_size=env.world_size).double()
+    affine_init(bn)
+    bn.train()
+    bn.track_running_stats = True
+    if env.rank == 0:
+        x = torch.randn(4, CHANNELS, 2, dtype=torch.float64, requires_grad=True)
+
+        def fn(inp):
+            _command(env, FORWARD)
+            return _AnnounceBackward.apply(bn(inp), 0)
+
+        ok = torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
+        _command(env, DONE)
+        return ok
+    x = torch.randn(3, CHANNELS, 2, dtype=torch.float64, requires_grad=True) * 3 + 1
+    y = None
+    while True:
+        cmd = _command(env)
+        if cmd == DONE:
+            return True
+        if cmd == FORWARD:
+            y = bn(x)
+        else:
+            torch.autograd.backward(y, torch.zeros_like(y), retain_graph=True)
+
+
+def test_gradcheck_of_the_custom_function_across_two_processes():
+    assert run_workers(gradcheck_worker, 2, timeout_s=120) == [True, True]
+
+
+def test_gradcheck_single_process():
+    bn = SyncBatchNorm(CHANNELS).double()
+    affine_init(bn)
+    x = torch.randn(6, CHANNELS, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(bn, (x,), eps=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------ in the trainer
+
+CNN = [f"model.sync_batchnorm={{}}", "train.max_steps=8", "train.grad_accum_steps=1", "dist.device=cpu",
+       "optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9", "optim.weight_decay=0", "train.global_batch_size=16"]
+
+
+def cnn_weights(env, sync):
+    cfg = load_config(f"{REPO}/configs/digits_cnn.yaml", [CNN[0].format(str(sync).lower()), *CNN[1:]])
+    model = Trainer(cfg, env, resolve(cfg, env.world_size)).fit().model
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_cnn_with_sync_batchnorm_on_two_workers_matches_one_process():
+    single = to_numpy(cnn_weights(DistEnv(), True))  # one worker: ordinary batch norm
+    synced = run_workers(cnn_weights, 2, True, timeout_s=180)
+    for r, result in enumerate(synced):
+        for key, value in single.items():
+            diff = np.max(np.abs(result[key].astype(np.float64) - value))
+            assert diff <= 1e-5, f"rank {r}, {key}: max |diff| {diff:.3g}"
+    # without synchronization each worker normalizes its own 8 samples: not the same training
+    unsynced = run_workers(cnn_weights, 2, False, timeout_s=180)
+    assert np.max(np.abs(unsynced[0]["net.0.weight"] - single["net.0.weight"])) > 1e-4
+
+
+def test_conversion_keeps_parameters_and_state_dict_keys():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = convert_sync_batchnorm(model, DistEnv(world_size=2, rank=0))
+    assert isinstance(converted[1], SyncBatchNorm) and isinstance(converted[2][1], SyncBatchNorm)
+    after = converted.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    # one worker: nothing to synchronize
+    plain = nn.Sequential(nn.BatchNorm1d(3))
+    assert convert_sync_batchnorm(plain, DistEnv()) is plain and isinstance(plain[0], nn.BatchNorm1d)
+
+
+def test_sync_batchnorm_without_batch_norm_layers_warns():
+    with pytest.warns(UserWarning, match="has no batch-norm layer"):
+        convert_sync_batchnorm(nn.Sequential(nn.Linear(2, 2)), DistEnv())
