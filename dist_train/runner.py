@@ -5,6 +5,7 @@ directory (rank 0), train, tear down."""
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -33,9 +34,17 @@ def run(cfg: Config, env: DistEnv) -> FitResult:
             tracker = Tracker(run_dir)
         barrier(env)
         try:
-            return Trainer(cfg, env, resolved, tracker).fit()
+            trainer = Trainer(cfg, env, resolved, tracker)
+            result = trainer.fit()
         finally:
             tracker.close()
+        # Free DDP's reducer (it sits in reference cycles) while the process group
+        # still exists, and let every rank finish before anyone tears down: a
+        # gloo peer that vanishes mid-teardown aborts the others.
+        del trainer
+        gc.collect()
+        barrier(env)
+        return result
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -5,7 +5,7 @@ reference for the GPU path) uses this implementation: a custom autograd
 function that, in training mode,
 
 - forward: computes each rank's per-channel mean and M2 (sum of squared
-  deviations) stably, then all-reduces one float64 vector per layer,
+  deviations) with torch's fused kernel, then all-reduces one float64 vector per layer,
   [count, count*mean, M2 + count*mean^2], from which every rank gets the same
   global mean and biased variance (Chan et al.'s parallel variance, carried in
   float64 so the subtraction does not cancel);
@@ -32,24 +32,16 @@ from torch import nn
 from dist_train.env import DistEnv
 
 
-def _reduce_dims(x: torch.Tensor) -> list[int]:
-    return [0, *range(2, x.dim())]
-
-
-def _channel_shape(x: torch.Tensor) -> list[int]:
-    return [1, x.shape[1]] + [1] * (x.dim() - 2)
-
-
 def global_moments(x: torch.Tensor, world_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-channel mean and biased variance over all ranks' `x`, and the global
     count of values per channel. One all-reduce (a collective: every rank calls it)."""
-    dims = _reduce_dims(x)
-    count = x.numel() // x.shape[1] if x.shape[1] else 0
-    if count > 0:
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+    channels = x.shape[1]
+    count = x.numel() // channels if channels else 0
+    if count > 0:  # torch's fused per-channel kernel (stable, one pass)
+        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
         mean, m2 = mean.double(), var.double() * count
     else:  # this rank holds no samples: it contributes nothing but still takes part
-        mean = m2 = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        mean = m2 = torch.zeros(channels, dtype=torch.float64, device=x.device)
     stats = torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=x.device),
                        count * mean, m2 + count * mean * mean])
     if world_size > 1:
@@ -58,46 +50,53 @@ def global_moments(x: torch.Tensor, world_size: int) -> tuple[torch.Tensor, torc
     if total <= 1:
         raise ValueError(f"synchronized batch norm needs more than 1 value per channel across all ranks in "
                          f"training, got {total}; use a larger global batch or data.drop_last=true")
-    g_mean = stats[1:1 + x.shape[1]] / total
-    g_var = (stats[1 + x.shape[1]:] / total - g_mean * g_mean).clamp_min(0.0)
+    g_mean = stats[1:1 + channels] / total
+    g_var = (stats[1 + channels:] / total - g_mean * g_mean).clamp_min(0.0)
     return g_mean, g_var, total
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):
+    """y = (x - mean) * invstd * weight + bias with mean/invstd the global
+    statistics; the gradient through them is carried by the reduced sums."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                mean: torch.Tensor, invstd: torch.Tensor, total: int, world_size: int) -> torch.Tensor:
-        shape = _channel_shape(x)
-        xhat = (x - mean.view(shape)) * invstd.view(shape)
-        ctx.save_for_backward(xhat, weight, invstd)
-        ctx.total, ctx.world_size = total, world_size
-        y = xhat
-        if weight is not None:
-            y = y * weight.view(shape)
-        if bias is not None:
-            y = y + bias.view(shape)
-        return y
+                mean: torch.Tensor, var: torch.Tensor, eps: float, total: int, world_size: int) -> torch.Tensor:
+        invstd = torch.rsqrt(var + eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps, ctx.total, ctx.world_size = eps, total, world_size
+        # the affine normalization with given statistics is one fused kernel
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple:
-        xhat, weight, invstd = ctx.saved_tensors
-        dims, shape = _reduce_dims(dy), _channel_shape(dy)
-        sum_dy = dy.sum(dim=dims)
-        sum_dy_xhat = (dy * xhat).sum(dim=dims)
+        x, weight, mean, invstd = ctx.saved_tensors
+        channels = x.shape[1]
+        if x.numel() > 0:  # sum(dy * xhat) and sum(dy) per channel, one fused pass
+            _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+                dy, x, weight, None, None, mean, invstd, True, ctx.eps, [False, True, True])
+        else:
+            sum_dy_xhat = sum_dy = torch.zeros(channels, dtype=x.dtype, device=x.device)
         # parameter gradients are this rank's part; DDP reduces them like any other
         grad_weight = sum_dy_xhat if weight is not None and ctx.needs_input_grad[1] else None
         grad_bias = sum_dy if ctx.needs_input_grad[2] else None
+        sums = torch.cat([sum_dy, sum_dy_xhat]).double()
+        if ctx.world_size > 1:  # every rank joins, whatever it holds
+            dist.all_reduce(sums)
         grad_x = None
-        if ctx.needs_input_grad[0] or ctx.world_size > 1:  # every rank joins the collective
-            sums = torch.cat([sum_dy, sum_dy_xhat]).double()
-            if ctx.world_size > 1:
-                dist.all_reduce(sums)
-            channels = dy.shape[1]
-            mean_dy = (sums[:channels] / ctx.total).to(dy.dtype).view(shape)
-            mean_dy_xhat = (sums[channels:] / ctx.total).to(dy.dtype).view(shape)
-            scale = invstd.view(shape) if weight is None else (invstd * weight).view(shape)
-            grad_x = (dy - mean_dy - xhat * mean_dy_xhat) * scale
-        return grad_x, grad_weight, grad_bias, None, None, None, None
+        if ctx.needs_input_grad[0]:
+            # dx = k*(dy - mean(dy) - xhat*mean(dy*xhat)), k = invstd*weight, is the
+            # per-channel affine k*dy + p*x + q. F.batch_norm with mean 0, var 1 and
+            # eps 0 is a fused per-channel affine (much faster on CPU than
+            # broadcasting elementwise ops over channels).
+            mean_dy, mean_dy_xhat = (sums / ctx.total).to(x.dtype).split(channels)
+            k = invstd if weight is None else invstd * weight
+            p = -k * invstd * mean_dy_xhat
+            q = -k * mean_dy - p * mean
+            zeros, ones = torch.zeros_like(mean), torch.ones_like(mean)
+            grad_x = F.batch_norm(dy, zeros, ones, k, q, False, 0.0, 0.0)
+            grad_x.add_(F.batch_norm(x, zeros, ones, p, None, False, 0.0, 0.0))
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -121,9 +120,8 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean, var, total = global_moments(x.detach(), self.world_size)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, total)
-        invstd = torch.rsqrt(var + self.eps)
-        return _SyncBatchNormFunction.apply(x, self.weight, self.bias, mean.to(x.dtype), invstd.to(x.dtype),
-                                            total, self.world_size)
+        return _SyncBatchNormFunction.apply(x, self.weight, self.bias, mean.to(x.dtype), var.to(x.dtype),
+                                            self.eps, total, self.world_size)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, total: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,9 +77,11 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str]) -> int:
     try:
         torchrun_main(torchrun_argv(args, config, overrides))
     except ChildFailedError as exc:
-        failures = exc.failures
-        first = min(failures.values(), key=lambda f: f.timestamp) if failures else None
-        detail = f" (first failure: rank {first.global_rank}, exit code {first.exitcode})" if first else ""
-        print(f"dist-train launch: workers failed{detail}; see the worker output above", flush=True)
+        # torchrun has printed its failure table; add the one line that matters
+        detail = ""
+        if exc.failures:
+            rank, first = exc.get_first_failure()
+            detail = f" (first failure: rank {rank}, exit code {first.exitcode})"
+        print(f"dist-train launch: workers failed{detail}; see the worker output above", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -34,7 +34,7 @@ def to_numpy(value: Any) -> Any:
 
 
 def _entry(fn: Callable, rank: int, world_size: int, port: int, results: mp.Queue, args: tuple,
-           pg_timeout_s: float) -> None:
+           pg_timeout_s: float, device: str) -> None:
     try:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                           LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -42,7 +42,7 @@ def _entry(fn: Callable, rank: int, world_size: int, port: int, results: mp.Queu
         from dist_train.distributed import process_group
         from dist_train.env import DistEnv
 
-        env = DistEnv.from_env(device="cpu")
+        env = DistEnv.from_env(device=device)
         with process_group(env, pg_timeout_s):
             out = fn(env, *args)
         results.put((rank, True, to_numpy(out)))
@@ -51,14 +51,14 @@ def _entry(fn: Callable, rank: int, world_size: int, port: int, results: mp.Queu
 
 
 def run_workers(fn: Callable, world_size: int, *args: Any, timeout_s: float = 120.0,
-                pg_timeout_s: float = 60.0) -> list[Any]:
-    """Run `fn(env, *args)` on `world_size` spawned processes joined by a gloo
-    process group; return their results ordered by rank. `fn` must be importable
-    (defined at module level)."""
+                pg_timeout_s: float = 60.0, device: str = "cpu") -> list[Any]:
+    """Run `fn(env, *args)` on `world_size` spawned processes joined by a process
+    group (gloo on CPU; NCCL with device="cuda", one GPU per rank); return their
+    results ordered by rank. `fn` must be importable (defined at module level)."""
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, results, args, pg_timeout_s), daemon=True)
+    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, results, args, pg_timeout_s, device), daemon=True)
              for r in range(world_size)]
     for p in procs:
         p.start()

@@ -92,6 +92,16 @@ def test_batch_not_divisible_by_workers_is_named_at_launch(tmp_path):
     assert "30, 33" in proc.stderr
 
 
+@pytest.mark.slow
+def test_a_worker_failing_fails_the_launch_with_one_clear_line(tmp_path):
+    # the shape mismatch is only found once a worker has loaded the data
+    proc = cli("launch", "--nproc-per-node", "2", "configs/cpu_test.yaml", "model.name=cnn", f"run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "cnn needs image inputs" in proc.stderr
+    assert "dist-train launch: workers failed (first failure: rank" in proc.stderr
+    assert "exit code 2)" in proc.stderr
+
+
 def test_missing_config_file(tmp_path):
     proc = cli("run", tmp_path / "missing.yaml")
     assert proc.returncode == 2 and "does not exist" in proc.stderr

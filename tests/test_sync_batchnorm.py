@@ -267,3 +267,72 @@ def test_conversion_keeps_parameters_and_state_dict_keys():
 def test_sync_batchnorm_without_batch_norm_layers_warns():
     with pytest.warns(UserWarning, match="has no batch-norm layer"):
         convert_sync_batchnorm(nn.Sequential(nn.Linear(2, 2)), DistEnv())
+
+
+# ------------------------------------------------------------ the CUDA path
+
+def cuda_sync_worker(env, cases):
+    """torch's nn.SyncBatchNorm over NCCL, as convert_sync_batchnorm picks on CUDA."""
+    results = {}
+    for shape_tail, sizes, dtype_name in cases:
+        dtype = getattr(torch, dtype_name)
+        model = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm1d(CHANNELS) if len(shape_tail) < 2
+                                                     else nn.BatchNorm2d(CHANNELS)), env)
+        bn = model[0].to(env.device, dtype)
+        assert isinstance(bn, nn.SyncBatchNorm)
+        affine_init(bn)
+        lo = sum(sizes[:env.rank])
+        out = run_case(_OnDevice(bn, env.device), shape_tail, sizes, dtype, lo, lo + sizes[env.rank])
+        results[(shape_tail, sizes, dtype_name)] = out
+    return results
+
+
+class _OnDevice(nn.Module):
+    """Moves the CPU test data to the GPU and results back, so run_case serves both paths."""
+
+    def __init__(self, bn, device):
+        super().__init__()
+        self.bn, self.device = bn, device
+        self.weight, self.bias = bn.weight, bn.bias
+
+    def forward(self, x):
+        return _ToDevice.apply(x, self.bn, self.device)
+
+    @property
+    def running_mean(self):
+        return self.bn.running_mean.cpu()
+
+    @property
+    def running_var(self):
+        return self.bn.running_var.cpu()
+
+
+class _ToDevice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bn, device):
+        with torch.enable_grad():
+            xd = x.detach().to(device).requires_grad_(True)
+            y = bn(xd)
+        ctx.saved = (xd, y)
+        return y.detach().cpu()
+
+    @staticmethod
+    def backward(ctx, dy):
+        xd, y = ctx.saved
+        y.backward(dy.to(y.device))
+        return xd.grad.cpu(), None, None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2,
+                    reason="torch's SyncBatchNorm needs NCCL across 2 GPUs; this machine has fewer")
+def test_cuda_path_agrees_with_the_cpu_reference():
+    cases = [(t, s, "float32") for t, s in CASES if len(s) == 2 and 0 not in s]
+    cuda = run_workers(cuda_sync_worker, 2, cases, timeout_s=180, device="cuda")
+    cpu = run_workers(sync_worker, 2, cases, timeout_s=180)
+    for key in cases:
+        for rank in range(2):
+            for step in range(STEPS):
+                for name in ("y", "gx"):
+                    np.testing.assert_allclose(cuda[rank][key]["steps"][step][name],
+                                               cpu[rank][key]["steps"][step][name], rtol=1e-4, atol=1e-5)
