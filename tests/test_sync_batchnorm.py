@@ -232,8 +232,9 @@ CNN = [f"model.sync_batchnorm={{}}", "train.max_steps=8", "train.grad_accum_step
        "optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9", "optim.weight_decay=0", "train.global_batch_size=16"]
 
 
-def cnn_weights(env, sync):
-    cfg = load_config(f"{REPO}/configs/digits_cnn.yaml", [CNN[0].format(str(sync).lower()), *CNN[1:]])
+def cnn_weights(env, sync, accum=1):
+    cfg = load_config(f"{REPO}/configs/digits_cnn.yaml",
+                      [CNN[0].format(str(sync).lower()), *CNN[1:], f"train.grad_accum_steps={accum}"])
     model = Trainer(cfg, env, resolve(cfg, env.world_size)).fit().model
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -248,6 +249,15 @@ def test_cnn_with_sync_batchnorm_on_two_workers_matches_one_process():
     # without synchronization each worker normalizes its own 8 samples: not the same training
     unsynced = run_workers(cnn_weights, 2, False, timeout_s=180)
     assert np.max(np.abs(unsynced[0]["net.0.weight"] - single["net.0.weight"])) > 1e-4
+
+
+def test_sync_batchnorm_with_gradient_accumulation_keeps_every_rank_identical():
+    # micro-batch statistics span both workers; running statistics and weights
+    # stay bit-identical across ranks although no_sync skips the gradient all-reduce
+    r0, r1 = run_workers(cnn_weights, 2, True, 2, timeout_s=180)
+    for key in r0:
+        assert np.array_equal(r0[key], r1[key]), key
+    assert r0["net.1.num_batches_tracked"] == 16  # 8 steps x 2 micro-batches
 
 
 def test_conversion_keeps_parameters_and_state_dict_keys():
