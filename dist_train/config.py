@@ -29,7 +29,13 @@ LossName = Literal["cross_entropy", "binary_cross_entropy", "mse"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["digits", "synthetic"] = "digits"
+    # digits: scikit-learn's 8x8 digits in memory; synthetic: Gaussian blobs in
+    # memory; shards: a directory written by `dist-train prepare` (data.path)
+    source: Literal["digits", "synthetic", "shards"] = "digits"
+    path: str = ""
+    loader_workers: int = 1  # DataLoader processes per rank reading shards (0: the main process)
+    shuffle_buffer: int = 4096  # samples shuffled together by each shard reader
+    verify: bool = True  # check every shard's size, checksum and blocks before training
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int = 0
@@ -301,6 +307,13 @@ def validate(config: Config) -> None:
     if d.val_fraction + d.test_fraction >= 1.0:
         raise ConfigError("data.test_fraction", "validation and test fractions leave no training data")
     _positive("data.num_samples", d.num_samples)
+    _at_least("data.loader_workers", d.loader_workers, 0)
+    _positive("data.shuffle_buffer", d.shuffle_buffer)
+    if d.source == "shards" and not d.path:
+        raise ConfigError("data.path", "is empty but data.source is 'shards'",
+                          "prepare shards with `dist-train prepare digits --out data/prepared/digits` and set data.path to that directory")
+    if d.source != "shards" and d.path:
+        raise ConfigError("data.path", f"is set but data.source is {d.source!r}, which does not read it", "set data.source=shards")
     _positive("data.num_features", d.num_features)
     if d.num_classes < 2:
         raise ConfigError("data.num_classes", f"{d.num_classes!r} must be at least 2")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dist_train.config import Config
-from dist_train.data import InMemoryLoader, ShardedBatchPlan, Splits, build_splits, eval_shard
+from dist_train.data import build_data
 from dist_train.data.loader import TrainStep
 from dist_train.env import DistEnv
 from dist_train.losses import build_loss
@@ -47,22 +47,20 @@ def rank_seed(seed: int, rank: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: Config, env: DistEnv, resolved: Resolved, tracker: Tracker | None = None,
-                 splits: Splits | None = None) -> None:
+                 data: Any = None) -> None:
         self.cfg, self.env, self.resolved = cfg, env, resolved
         self.tracker = tracker or NullTracker()
-        self.splits = splits if splits is not None else build_splits(cfg.data)
+        self.data = data if data is not None else build_data(cfg, env, resolved)
         # Same seed on every rank for the weights (DDP also broadcasts rank 0's),
         # then a per-rank stream for dropout and anything else random.
         seed_everything(cfg.train.seed)
-        model = build_model(cfg.model, self.splits.input_shape, self.splits.num_classes).to(env.device)
+        model = build_model(cfg.model, self.data.input_shape, self.data.num_classes).to(env.device)
         if cfg.model.sync_batchnorm:
             model = convert_sync_batchnorm(model, env)
         self.strategy: Strategy = build_strategy(cfg, env, resolved, model, build_optimizer(cfg.optim, model))
         seed_everything(rank_seed(cfg.train.seed, env.rank))
         self.loss_fn = build_loss(cfg.train.loss)
-        plan = ShardedBatchPlan(len(self.splits.train), resolved.global_batch_size, env.world_size, env.rank,
-                                cfg.train.seed, resolved.grad_accum_steps, cfg.data.drop_last)
-        self.train_loader = InMemoryLoader(self.splits.train, plan, env.device)
+        self.train_loader = self.data.train
         self.global_step = 0
         self.running_loss = RunningMean(env.device)
 
@@ -72,7 +70,7 @@ class Trainer:
         t, tracker = self.cfg.train, self.tracker
         tracker.log("start", world_size=self.env.world_size, global_batch_size=self.resolved.global_batch_size,
                     per_rank_batch_size=self.resolved.per_rank_batch_size, strategy=self.resolved.strategy,
-                    train_samples=len(self.splits.train), steps_per_epoch=self.train_loader.steps_per_epoch)
+                    train_samples=self.data.train_size, steps_per_epoch=self.train_loader.steps_per_epoch)
         val: dict[str, float] = {}
         for epoch in range(t.epochs):
             start = time.perf_counter()
@@ -118,8 +116,8 @@ class Trainer:
         strategy.step(self.cfg.train.grad_clip_norm)
 
     def evaluate(self, split_name: str) -> dict[str, float]:
-        split = getattr(self.splits, split_name)
-        return evaluate(self.strategy.model, eval_shard(split, self.env, EVAL_BATCH_SIZE), self.loss_fn, self.env)
+        batches = self.data.eval_batches(split_name, EVAL_BATCH_SIZE)
+        return evaluate(self.strategy.model, batches, self.loss_fn, self.env)
 
     # ------------------------------------------------------------ helpers
 

@@ -39,6 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_launch_arguments(p_launch)
     p_launch.add_argument("config", metavar="CONFIG", help="YAML run config")
     p_launch.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    p_prep = sub.add_parser(
+        "prepare", help="write a data set as train/validation/test shards with a manifest",
+        description="Write NAME as webdataset shards (blocks of samples per tar member) plus manifest.json "
+                    "(sample counts, shapes, classes, training-split normalization statistics, SHA-256 of "
+                    "every shard). Deterministic; safe to re-run (written aside, then renamed into place).",
+    )
+    p_prep.add_argument("name", metavar="NAME", help="digits | idx (MNIST-format files, --source-dir) | "
+                        "fashion-mnist (idx from /usr/share/datasets/fashion-mnist) | synthetic")
+    p_prep.add_argument("--out", required=True, help="directory to write, e.g. data/prepared/digits")
+    p_prep.add_argument("--source-dir", default=None, help="directory with *-images-idx3-ubyte[.gz] and *-labels-idx1-ubyte[.gz]")
+    p_prep.add_argument("--shards", type=int, default=8,
+                        help="training shards; a multiple of ranks x loader workers (default 8)")
+    p_prep.add_argument("--eval-shards", type=int, default=2, help="validation and test shards each (default 2)")
+    p_prep.add_argument("--block-size", type=int, default=256, help="samples per tar member (default 256)")
+    p_prep.add_argument("--val-fraction", type=float, default=0.15, help="validation share (of train for IDX)")
+    p_prep.add_argument("--test-fraction", type=float, default=0.15, help="test share (digits, synthetic)")
+    p_prep.add_argument("--split-seed", type=int, default=0)
+    p_prep.add_argument("--num-samples", type=int, default=4096, help="synthetic: samples")
+    p_prep.add_argument("--input-shape", default="1,28,28", help="synthetic: C,H,W for uint8 images or F for features")
+    p_prep.add_argument("--num-classes", type=int, default=10, help="synthetic: classes")
     return parser
 
 
@@ -49,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "launch":
             return cmd_launch(args)
+        if args.command == "prepare":
+            return cmd_prepare(args)
     except DistTrainError as exc:
         print(f"dist-train: error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -78,6 +100,28 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if world_size is not None:
         resolve(cfg, world_size)
     return launch(args, args.config, args.overrides)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dist_train.data.prepare import PrepareOptions, prepare
+
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        raise DistTrainError(f"--input-shape {args.input_shape!r} must be integers separated by commas, e.g. 1,28,28") from None
+    opts = PrepareOptions(out=Path(args.out), source_dir=Path(args.source_dir) if args.source_dir else None,
+                          train_shards=args.shards, eval_shards=args.eval_shards, block_size=args.block_size,
+                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                          split_seed=args.split_seed, num_samples=args.num_samples, input_shape=shape,
+                          num_classes=args.num_classes)
+    manifest = prepare(args.name, opts)
+    counts = ", ".join(f"{split} {manifest.num_samples(split)} samples in {len(shards)} shards"
+                       for split, shards in manifest.splits.items())
+    print(f"prepared {args.name} in {manifest.root}: {counts}; inputs {manifest.input_shape} "
+          f"{manifest.input_dtype}, {manifest.num_classes} classes")
+    return 0
 
 
 if __name__ == "__main__":

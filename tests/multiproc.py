@@ -58,7 +58,7 @@ def run_workers(fn: Callable, world_size: int, *args: Any, timeout_s: float = 12
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, results, args, pg_timeout_s, device), daemon=True)
+    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, results, args, pg_timeout_s, device))
              for r in range(world_size)]
     for p in procs:
         p.start()

@@ -1,7 +1,30 @@
-"""Data sources (what the samples are) and loaders (how each rank walks them)."""
+"""Data sources (what the samples are) and loaders (how each rank walks them).
 
-from dist_train.data.loader import Batch, InMemoryLoader, eval_shard
+`build_data` gives the trainer one object with `train` (steps_per_epoch and
+`epoch(epoch, start_step)` yielding TrainSteps), `eval_batches(split, size)`,
+`input_shape`, `num_classes` and `train_size`, whatever the source."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dist_train.config import Config
+from dist_train.data.loader import Batch, InMemoryData, InMemoryLoader, eval_shard
 from dist_train.data.sampler import ShardedBatchPlan
 from dist_train.data.sources import Splits, build_splits
+from dist_train.env import DistEnv
+from dist_train.resolve import Resolved
 
-__all__ = ["Batch", "InMemoryLoader", "ShardedBatchPlan", "Splits", "build_splits", "eval_shard"]
+
+def build_data(cfg: Config, env: DistEnv, resolved: Resolved) -> Any:
+    d = cfg.data
+    if d.source == "shards":
+        from dist_train.data.stream import ShardData
+
+        return ShardData(d, env, resolved.per_rank_batch_size, resolved.grad_accum_steps, cfg.train.seed)
+    return InMemoryData(build_splits(d), env, resolved.global_batch_size, resolved.grad_accum_steps,
+                        cfg.train.seed, d.drop_last)
+
+
+__all__ = ["Batch", "InMemoryData", "InMemoryLoader", "ShardedBatchPlan", "Splits", "build_data", "build_splits",
+           "eval_shard"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
-from dist_train.data.sources import Split
+from dist_train.data.sources import Split, Splits
 from dist_train.env import DistEnv
 
 
@@ -45,6 +45,23 @@ class InMemoryLoader:
                 idx = idx.to(self.device, non_blocking=True)
                 micro.append(Batch(self.inputs.index_select(0, idx), self.targets.index_select(0, idx)))
             yield TrainStep(step.step, tuple(micro), step.global_count)
+
+
+class InMemoryData:
+    """Splits held in memory: the sharding plan for training, contiguous shares
+    for evaluation."""
+
+    def __init__(self, splits: Splits, env: DistEnv, global_batch_size: int, grad_accum_steps: int, seed: int,
+                 drop_last: bool) -> None:
+        self.splits, self.env = splits, env
+        self.input_shape, self.num_classes = splits.input_shape, splits.num_classes
+        self.train_size = len(splits.train)
+        plan = ShardedBatchPlan(len(splits.train), global_batch_size, env.world_size, env.rank, seed,
+                                grad_accum_steps, drop_last)
+        self.train = InMemoryLoader(splits.train, plan, env.device)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        return eval_shard(getattr(self.splits, split), self.env, batch_size)
 
 
 def eval_shard(split: Split, env: DistEnv, batch_size: int) -> Iterator[Batch]:

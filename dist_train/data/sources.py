@@ -37,20 +37,25 @@ def build_splits(cfg: DataConfig) -> Splits:
         inputs, targets, shape, classes = _digits()
     elif cfg.source == "synthetic":
         inputs, targets, shape, classes = _synthetic(cfg)
-    else:  # the config's Literal rejects other names
+    else:  # shards are streamed (dist_train.data.stream), never built here
         raise AssertionError(cfg.source)
     return split_and_normalize(inputs, targets, shape, classes, cfg)
 
 
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """(train, val, test) indices: one seeded shuffle, validation and test cut off
+    the front. `dist-train prepare` uses the same split, so shards and memory agree."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
+    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+
+
 def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tuple[int, ...],
                         num_classes: int, cfg: DataConfig) -> Splits:
-    """Shuffle once with `cfg.split_seed`, cut validation and test off the front,
-    and normalize every split with the training split's statistics."""
+    """Split with `cfg.split_seed` and normalize every split with the training
+    split's statistics."""
     n = len(targets)
-    order = np.random.default_rng(cfg.split_seed).permutation(n)
-    n_val = int(round(n * cfg.val_fraction))
-    n_test = int(round(n * cfg.test_fraction))
-    val_idx, test_idx, train_idx = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    train_idx, val_idx, test_idx = split_indices(n, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     x = normalize(inputs.reshape(n, *input_shape).astype(np.float64), train_idx, cfg.normalize)
     x = torch.from_numpy(x.astype(np.float32))
     y = torch.from_numpy(targets.astype(np.int64))

@@ -52,6 +52,7 @@ def worker(args: argparse.Namespace) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from dist_train.config import load_config
+    from dist_train.data.loader import InMemoryData
     from dist_train.data.sources import Split, Splits
     from dist_train.distributed import process_group
     from dist_train.env import DistEnv
@@ -78,7 +79,8 @@ def worker(args: argparse.Namespace) -> None:
             overrides = [f"model.hidden_sizes={hidden}", "optim.name=adam", "optim.lr=0.001",
                          f"train.global_batch_size={B}", "dist.device=cpu"]
             cfg = load_config(None, overrides)
-            trainer = Trainer(cfg, env, resolve(cfg, env.world_size), splits=splits)
+            data = InMemoryData(splits, env, B, 1, cfg.train.seed, drop_last=False)
+            trainer = Trainer(cfg, env, resolve(cfg, env.world_size), data=data)
 
             torch.manual_seed(0)
             model = build_model(cfg.model, (784,), 10)

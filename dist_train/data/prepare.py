@@ -1,0 +1,95 @@
+"""`dist-train prepare`: turn a data source into train/validation/test shards.
+
+Sources: scikit-learn's digits (the built-in default), MNIST-format IDX files
+from a directory (MNIST, Fashion-MNIST: Debian's `dataset-fashion-mnist`
+installs them under /usr/share/datasets/fashion-mnist), and synthetic data.
+Samples are stored as they come (uint8 pixels stay uint8); normalization
+statistics of the training split go into the manifest and are applied when
+reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dist_train.data.idx import load_idx_split
+from dist_train.data.shards import Manifest, write_dataset
+from dist_train.data.sources import split_indices
+from dist_train.errors import DistTrainError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+SOURCES = ("digits", "idx", "fashion-mnist", "synthetic")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    out: Path
+    source_dir: Path | None = None
+    train_shards: int = 8
+    eval_shards: int = 2
+    block_size: int = 256
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15  # digits and synthetic only: IDX data sets ship their own test split
+    split_seed: int = 0
+    num_samples: int = 4096  # synthetic
+    input_shape: tuple[int, ...] = (1, 28, 28)  # synthetic
+    num_classes: int = 10  # synthetic
+
+
+def prepare(name: str, opts: PrepareOptions) -> Manifest:
+    if name not in SOURCES:
+        raise DistTrainError(f"unknown data set {name!r}; choose one of: {', '.join(SOURCES)}")
+    for label, value in (("--shards", opts.train_shards), ("--eval-shards", opts.eval_shards),
+                         ("--block-size", opts.block_size)):
+        if value < 1:
+            raise DistTrainError(f"{label} must be at least 1, got {value}")
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images = bunch.images.astype(np.uint8)[:, None]  # values 0..16: exact in uint8
+        train, val, test = split_indices(len(images), opts.val_fraction, opts.test_fraction, opts.split_seed)
+        splits = {"train": (images[train], bunch.target[train]), "val": (images[val], bunch.target[val]),
+                  "test": (images[test], bunch.target[test])}
+        classes, source = 10, {"source": "sklearn.datasets.load_digits"}
+    elif name in ("idx", "fashion-mnist"):
+        directory = opts.source_dir or (Path(FASHION_MNIST_DIR) if name == "fashion-mnist" else None)
+        if directory is None:
+            raise DistTrainError("`prepare idx` needs --source-dir DIR holding the MNIST-format files")
+        if not Path(directory).is_dir():
+            hint = " (install it with `apt-get install dataset-fashion-mnist`)" if name == "fashion-mnist" else ""
+            raise DistTrainError(f"source directory {directory} does not exist{hint}")
+        x_train, y_train = load_idx_split(Path(directory), "train")
+        x_test, y_test = load_idx_split(Path(directory), "t10k")
+        order = np.random.default_rng(opts.split_seed).permutation(len(y_train))
+        n_val = int(round(len(order) * opts.val_fraction))
+        val, train = order[:n_val], order[n_val:]
+        splits = {"train": (x_train[train][:, None], y_train[train]), "val": (x_train[val][:, None], y_train[val]),
+                  "test": (x_test[:, None], y_test)}
+        classes = int(max(y_train.max(), y_test.max())) + 1
+        source = {"source": "idx", "directory": str(directory)}
+    else:  # synthetic: class-dependent uint8 images (or float features for a 1-d shape)
+        rng = np.random.default_rng(1234 + opts.split_seed)
+        targets = rng.integers(0, opts.num_classes, size=opts.num_samples)
+        features = int(np.prod(opts.input_shape))
+        centers = rng.normal(0.0, 1.0, size=(opts.num_classes, features))
+        inputs = centers[targets] + rng.normal(0.0, 1.0, size=(opts.num_samples, features))
+        if len(opts.input_shape) >= 2:
+            inputs = np.clip(inputs * 40 + 128, 0, 255).astype(np.uint8)
+        inputs = inputs.reshape(opts.num_samples, *opts.input_shape)
+        if inputs.dtype != np.uint8:
+            inputs = inputs.astype(np.float32)
+        train, val, test = split_indices(opts.num_samples, opts.val_fraction, opts.test_fraction, opts.split_seed)
+        splits = {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val]),
+                  "test": (inputs[test], targets[test])}
+        classes, source = opts.num_classes, {"source": "synthetic", "seed": opts.split_seed}
+    shards = {"train": opts.train_shards, "val": opts.eval_shards, "test": opts.eval_shards}
+    for split, (_, targets) in splits.items():
+        if len(targets) < shards[split]:
+            raise DistTrainError(f"the {split} split has {len(targets)} samples, fewer than its {shards[split]} shards; "
+                                 "ask for fewer shards")
+    return write_dataset(opts.out, name, splits, classes, shards, opts.block_size,
+                         {**source, "split_seed": opts.split_seed})

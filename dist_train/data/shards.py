@@ -1,0 +1,217 @@
+"""The on-disk shard format: webdataset tar files plus a JSON manifest.
+
+One tar member group per *block* of up to `block_size` samples
+(`<key>.inputs.npy`, `<key>.targets.npy`): reading one member per sample is
+far slower than a small MLP consumes, blocks are not. The manifest records the
+splits, every shard's sample count, size and SHA-256, the input shape and
+dtype, the classes, and the training split's normalization statistics.
+
+A data set directory is written whole into a temporary directory and renamed
+into place, so a crash never leaves half-written shards where a reader looks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dist_train.data.sampler import even_slices
+from dist_train.errors import DistTrainError
+
+FORMAT = "dist-train-shards/1"
+SPLITS = ("train", "val", "test")
+FIELDS = ("inputs.npy", "targets.npy")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    file: str
+    samples: int
+    blocks: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    name: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    num_classes: int
+    block_size: int
+    splits: dict[str, tuple[ShardInfo, ...]]
+    normalization: dict[str, dict[str, list[float]]]
+
+    def num_samples(self, split: str) -> int:
+        return sum(s.samples for s in self.splits[split])
+
+
+# ------------------------------------------------------------------ writing
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def normalization_stats(train_inputs: np.ndarray) -> dict[str, dict[str, list[float]]]:
+    """Mean and std of the training split per channel (axis 1 pooled over the
+    rest; flat inputs count as one channel) and per feature."""
+    x = train_inputs.astype(np.float64)
+    axes = (0, *range(2, x.ndim)) if x.ndim >= 3 else None
+    per_channel = ({"mean": x.mean(axis=axes).ravel().tolist(), "std": x.std(axis=axes).ravel().tolist()}
+                   if axes else {"mean": [float(x.mean())], "std": [float(x.std())]})
+    flat = x.reshape(len(x), -1)
+    return {"per_channel": per_channel,
+            "per_feature": {"mean": flat.mean(axis=0).tolist(), "std": flat.std(axis=0).tolist()}}
+
+
+def write_dataset(out: Path, name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,
+                  shards: dict[str, int], block_size: int = 256, source: dict[str, Any] | None = None) -> Manifest:
+    """Write `splits` (name -> (inputs, targets) in the order to store them) as
+    shards under `out`, replacing a data set already there. Deterministic: the
+    same arrays give byte-identical files."""
+    import webdataset as wds
+
+    out = Path(out)
+    if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
+        raise DistTrainError(f"{out} exists and is not a prepared data set (no manifest.json); "
+                             "choose another --out so nothing there is overwritten")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        entries: dict[str, list[dict]] = {}
+        input_shape = None
+        for split, (inputs, targets) in splits.items():
+            if len(inputs) != len(targets):
+                raise ValueError(f"{split}: {len(inputs)} inputs but {len(targets)} targets")
+            input_shape = tuple(inputs.shape[1:])
+            entries[split] = []
+            for index, (lo, hi) in enumerate(even_slices(len(targets), shards[split])):
+                path = tmp / f"{split}-{index:05d}.tar"
+                blocks = 0
+                with open(path, "wb") as fh:
+                    with wds.TarWriter(fh, encoder=False, mtime=0.0, user="", group="") as writer:
+                        for start in range(lo, hi, block_size):
+                            end = min(start + block_size, hi)
+                            writer.write({"__key__": f"{split}-{index:05d}-{blocks:06d}",
+                                          "inputs.npy": _npy_bytes(inputs[start:end]),
+                                          "targets.npy": _npy_bytes(targets[start:end].astype(np.int64))})
+                            blocks += 1
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                data = path.read_bytes()
+                entries[split].append({"file": path.name, "samples": hi - lo, "blocks": blocks,
+                                       "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        manifest = {"format": FORMAT, "name": name, "input_shape": list(input_shape or ()),
+                    "input_dtype": str(splits["train"][0].dtype), "num_classes": num_classes,
+                    "block_size": block_size, "normalization": normalization_stats(splits["train"][0]),
+                    "source": source or {}, "splits": {s: {"samples": sum(e["samples"] for e in v), "shards": v}
+                                                       for s, v in entries.items()}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_manifest(out)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out)
+
+
+# ------------------------------------------------------------------ reading
+
+def load_manifest(root: Path) -> Manifest:
+    root = Path(root)
+    if not root.is_dir():
+        raise DistTrainError(f"data.path {str(root)!r} is not a directory; prepare one with "
+                             "`dist-train prepare digits --out data/prepared/digits`")
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise DistTrainError(f"{root} has no manifest.json; it is not a prepared data set "
+                             "(prepare one with `dist-train prepare NAME --out DIR`)")
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("format") != FORMAT:
+            raise DistTrainError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}; prepare the data again")
+        return Manifest(
+            root=root, name=raw["name"], input_shape=tuple(raw["input_shape"]), input_dtype=raw["input_dtype"],
+            num_classes=int(raw["num_classes"]), block_size=int(raw["block_size"]),
+            splits={s: tuple(ShardInfo(**e) for e in raw["splits"][s]["shards"]) for s in SPLITS},
+            normalization=raw["normalization"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DistTrainError(f"{path} is not a valid manifest ({type(exc).__name__}: {exc}); prepare the data again") from None
+
+
+def iter_blocks(path: Path, stream: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) of each block of one shard, in file order, read with
+    webdataset's tar reader. Raises DistTrainError naming the file on a broken
+    tar or a block missing a field."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    try:
+        if stream is None:
+            stream = open(path, "rb")
+        with stream:
+            for sample in group_by_keys(tar_file_expander([{"url": str(path), "stream": stream}])):
+                missing = [f for f in FIELDS if f not in sample]
+                if missing:
+                    raise DistTrainError(f"shard {path}: block {sample.get('__key__')!r} has no {', '.join(missing)} "
+                                         "field; the shard was not written by `dist-train prepare`")
+                yield (np.load(io.BytesIO(sample["inputs.npy"]), allow_pickle=False),
+                       np.load(io.BytesIO(sample["targets.npy"]), allow_pickle=False))
+    except DistTrainError:
+        raise
+    except FileNotFoundError:
+        raise DistTrainError(f"shard {path} is missing; prepare the data again") from None
+    except Exception as exc:  # tarfile/numpy errors on corrupt or truncated files
+        raise DistTrainError(f"shard {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+                             "prepare the data again") from None
+
+
+def verify_shard(manifest: Manifest, info: ShardInfo) -> list[str]:
+    """Everything wrong with one shard compared with its manifest entry."""
+    path = manifest.root / info.file
+    if not path.is_file():
+        return [f"shard {path} is missing"]
+    data = path.read_bytes()
+    problems = []
+    if len(data) != info.bytes:
+        problems.append(f"shard {path} has {len(data)} bytes, the manifest says {info.bytes} (truncated or replaced)")
+    elif hashlib.sha256(data).hexdigest() != info.sha256:
+        problems.append(f"shard {path} does not match its SHA-256 in the manifest (corrupt or replaced)")
+    samples = blocks = 0
+    try:
+        for inputs, targets in iter_blocks(path, io.BytesIO(data)):
+            blocks += 1
+            samples += len(targets)
+            if tuple(inputs.shape[1:]) != manifest.input_shape or len(inputs) != len(targets):
+                problems.append(f"shard {path}: block {blocks} has inputs {inputs.shape} and targets {targets.shape}, "
+                                f"expected (n, {', '.join(map(str, manifest.input_shape))}) and (n,)")
+                break
+    except DistTrainError as exc:
+        problems.append(str(exc))
+        return problems
+    if samples != info.samples or blocks != info.blocks:
+        problems.append(f"shard {path} holds {samples} samples in {blocks} blocks, the manifest says "
+                        f"{info.samples} in {info.blocks}")
+    return problems

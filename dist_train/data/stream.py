@@ -1,0 +1,249 @@
+"""Streaming prepared shards to every worker, each training sample exactly once
+per epoch across ranks.
+
+Every epoch, all ranks compute the same seeded permutation of the training
+shards; rank r takes shards perm[r::N], and DataLoader worker w of W takes the
+rank's shards [w::W]. A loader worker reads its shards in order (block by
+block), fills a buffer of about `data.shuffle_buffer` samples, shuffles it
+(seeded by seed, epoch, rank and worker) and hands out chunks. The main process
+cuts the stream into per-rank batches of global_batch / N samples.
+
+The number of training shards must divide by ranks x loader workers, so the
+shards split evenly; the loader refuses other combinations with a message. Shard
+sizes may differ by a sample or so: every rank knows every rank's sample count
+from the manifest, so all ranks run the same number of steps (a rank that runs
+out first takes part with empty batches) and every step's global sample count
+is known without communication, as the exact-mean loss needs.
+
+Before the first step the shards are verified (size, SHA-256, every block
+readable with the fields and shapes the manifest promises), each rank checking
+a share and all ranks learning every problem, so a broken data set stops every
+rank together with the same message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from dist_train.config import DataConfig
+from dist_train.data.loader import Batch, TrainStep
+from dist_train.data.sampler import even_slices
+from dist_train.data.shards import SPLITS, Manifest, iter_blocks, load_manifest, verify_shard
+from dist_train.env import DistEnv
+from dist_train.errors import DistTrainError
+
+
+def _agree_on_errors(problems: list[str], env: DistEnv) -> None:
+    """Raise the same DistTrainError on every rank if any rank found a problem."""
+    if env.is_distributed:
+        gathered: list = [None] * env.world_size
+        dist.all_gather_object(gathered, problems)
+        problems = [p for rank_problems in gathered for p in rank_problems]
+    if problems:
+        shown = "\n  ".join(sorted(set(problems))[:10])
+        raise DistTrainError(f"the prepared data set is not usable:\n  {shown}")
+
+
+def open_manifest(path: str, env: DistEnv, verify: bool = True) -> Manifest:
+    """Load the manifest and (when `verify`) check every shard, with every rank
+    reaching the same verdict."""
+    problems: list[str] = []
+    manifest = None
+    try:
+        manifest = load_manifest(path)
+    except DistTrainError as exc:
+        problems.append(str(exc))
+    if manifest is not None and verify:
+        all_shards = [info for split in SPLITS for info in manifest.splits[split]]
+        for info in all_shards[env.rank::env.world_size]:
+            problems += verify_shard(manifest, info)
+    _agree_on_errors(problems, env)
+    assert manifest is not None
+    return manifest
+
+
+class Normalizer:
+    """uint8 (or float) inputs to float32, standardized with the manifest's
+    training-split statistics."""
+
+    def __init__(self, manifest: Manifest, mode: str, device: str) -> None:
+        shape = manifest.input_shape
+        self.device = device
+        if mode == "none":
+            self.mean = self.inv_std = None
+            return
+        stats = manifest.normalization[mode]
+        mean = torch.tensor(stats["mean"], dtype=torch.float32)
+        std = torch.tensor(stats["std"], dtype=torch.float32)
+        std = torch.where(std < 1e-8, torch.ones_like(std), std)  # constant inputs stay centred
+        if mode == "per_feature":
+            mean, std = mean.reshape(shape), std.reshape(shape)
+        elif len(shape) >= 2:
+            view = [shape[0]] + [1] * (len(shape) - 1)
+            mean, std = mean.reshape(view), std.reshape(view)
+        self.mean, self.inv_std = mean.to(device), (1.0 / std).to(device)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs.to(self.device, non_blocking=True).float()
+        if self.mean is None:
+            return x
+        return (x - self.mean) * self.inv_std
+
+
+class _WorkerStream(IterableDataset):
+    """What one DataLoader worker (or the main process) reads in one epoch."""
+
+    def __init__(self, manifest: Manifest, files: list[str], seed: int, epoch: int, rank: int,
+                 shuffle_buffer: int, chunk: int) -> None:
+        self.manifest, self.files = manifest, files
+        self.seed, self.epoch, self.rank = seed, epoch, rank
+        self.shuffle_buffer, self.chunk = shuffle_buffer, chunk
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        mine = list(self.files[worker::workers])
+        rng.shuffle(mine)
+        pending_x: list[np.ndarray] = []
+        pending_y: list[np.ndarray] = []
+        held = 0
+        for name in mine:
+            for x, y in iter_blocks(self.manifest.root / name):
+                pending_x.append(x)
+                pending_y.append(y)
+                held += len(y)
+                if held >= self.shuffle_buffer:
+                    yield from self._emit(pending_x, pending_y, rng)
+                    pending_x, pending_y, held = [], [], 0
+        if held:
+            yield from self._emit(pending_x, pending_y, rng)
+
+    def _emit(self, xs: list[np.ndarray], ys: list[np.ndarray], rng: np.random.Generator):
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        order = rng.permutation(len(y))
+        x, y = torch.from_numpy(x[order]), torch.from_numpy(y[order])
+        for start in range(0, len(y), self.chunk):
+            yield x[start:start + self.chunk], y[start:start + self.chunk]
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    files: list[str]  # this rank's shards this epoch
+    rank_counts: list[int]  # samples each rank holds this epoch
+    steps: int
+
+
+class ShardTrainLoader:
+    def __init__(self, manifest: Manifest, cfg: DataConfig, env: DistEnv, per_rank_batch: int,
+                 grad_accum_steps: int, seed: int, normalize: Normalizer) -> None:
+        shards = manifest.splits["train"]
+        readers = env.world_size * max(cfg.loader_workers, 1)
+        if len(shards) % readers:
+            raise DistTrainError(
+                f"the training split has {len(shards)} shards, which does not divide among {env.world_size} "
+                f"rank(s) x {max(cfg.loader_workers, 1)} loader worker(s) = {readers} readers, so some samples "
+                f"would be read twice or some ranks would wait; prepare a multiple of {readers} shards "
+                f"(`dist-train prepare ... --shards {readers * max(1, round(len(shards) / readers))}`) or change "
+                f"data.loader_workers")
+        self.manifest, self.cfg, self.env = manifest, cfg, env
+        self.per_rank_batch, self.grad_accum_steps, self.seed = per_rank_batch, grad_accum_steps, seed
+        self.normalize = normalize
+        self.drop_last = cfg.drop_last
+
+    def plan(self, epoch: int) -> EpochPlan:
+        shards = self.manifest.splits["train"]
+        order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(shards))
+        per_rank = [[shards[i] for i in order[r::self.env.world_size]] for r in range(self.env.world_size)]
+        counts = [sum(s.samples for s in mine) for mine in per_rank]
+        b = self.per_rank_batch
+        steps = min(counts) // b if self.drop_last else max(math.ceil(c / b) for c in counts)
+        return EpochPlan([s.file for s in per_rank[self.env.rank]], counts, steps)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan(0).steps
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainStep]:
+        """This rank's steps of `epoch`, from `start_step` on. Resuming mid-epoch
+        re-reads (without training on) the batches before `start_step`: the
+        stream is a pure function of (seed, epoch, rank, loader workers)."""
+        plan = self.plan(epoch)
+        b = self.per_rank_batch
+        stream = _WorkerStream(self.manifest, plan.files, self.seed, epoch, self.env.rank,
+                               self.cfg.shuffle_buffer, chunk=4096)
+        workers = self.cfg.loader_workers
+        chunks = iter(DataLoader(stream, batch_size=None, num_workers=workers,
+                                 prefetch_factor=4 if workers else None, persistent_workers=False))
+        batches = _rebatch(chunks, b)
+        for step in range(plan.steps):
+            sizes = [min(max(c - step * b, 0), b) for c in plan.rank_counts]
+            x, y = next(batches) if sizes[self.env.rank] else (None, None)
+            if step < start_step:
+                continue
+            if x is None:  # this rank has run out: it still takes part, with an empty batch
+                x = torch.empty((0, *self.manifest.input_shape), dtype=torch.uint8)
+                y = torch.empty((0,), dtype=torch.int64)
+            x, y = self.normalize(x), y.to(self.env.device, non_blocking=True)
+            micro = tuple(Batch(x[lo:hi], y[lo:hi]) for lo, hi in even_slices(len(y), self.grad_accum_steps))
+            yield TrainStep(step, micro, sum(sizes))
+
+
+def _rebatch(chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Cut a stream of chunks into batches of `size` (the last one shorter).
+    Whole batches inside a chunk are views; only batches that straddle two
+    chunks are copied."""
+    carry_x: list[torch.Tensor] = []
+    carry_y: list[torch.Tensor] = []
+    held = 0
+    for x, y in chunks:
+        start = 0
+        if held:  # complete the batch begun in earlier chunks
+            take = min(size - held, len(y))
+            carry_x.append(x[:take])
+            carry_y.append(y[:take])
+            held += take
+            start = take
+            if held < size:
+                continue
+            yield torch.cat(carry_x), torch.cat(carry_y)
+            carry_x, carry_y, held = [], [], 0
+        while len(y) - start >= size:
+            yield x[start:start + size], y[start:start + size]
+            start += size
+        if start < len(y):
+            carry_x, carry_y, held = [x[start:]], [y[start:]], len(y) - start
+    if held:
+        yield torch.cat(carry_x), torch.cat(carry_y)
+
+
+class ShardData:
+    """Prepared shards: a streaming training loader and complete evaluation reads."""
+
+    def __init__(self, cfg: DataConfig, env: DistEnv, per_rank_batch: int, grad_accum_steps: int, seed: int) -> None:
+        if not cfg.path:
+            raise DistTrainError("data.source is 'shards' but data.path is empty; set data.path to a directory "
+                                 "written by `dist-train prepare`")
+        self.manifest = open_manifest(cfg.path, env, verify=cfg.verify)
+        self.env = env
+        self.normalize = Normalizer(self.manifest, cfg.normalize, env.device)
+        self.input_shape = self.manifest.input_shape
+        self.num_classes = self.manifest.num_classes
+        self.train_size = self.manifest.num_samples("train")
+        self.train = ShardTrainLoader(self.manifest, cfg, env, per_rank_batch, grad_accum_steps, seed, self.normalize)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """This rank's shards of `split` (round-robin), read completely once: the
+        shards partition the split, so reduced sums are exact."""
+        for info in self.manifest.splits[split][self.env.rank::self.env.world_size]:
+            for x, y in iter_blocks(self.manifest.root / info.file):
+                for start in range(0, len(y), batch_size):
+                    yield Batch(self.normalize(torch.from_numpy(x[start:start + batch_size])),
+                                torch.from_numpy(y[start:start + batch_size]).to(self.env.device))
