@@ -89,6 +89,48 @@ class TrainConfig:
     loss: LossName = "cross_entropy"
     seed: int = 0
     log_every_steps: int = 50
+    # a non-finite loss or gradient on any rank: stop with a message, or skip the step
+    nonfinite: Literal["stop", "skip"] = "stop"
+    # how often the ranks agree on a pending stop request (SIGTERM/SIGUSR1); one
+    # small all-reduce each time
+    stop_check_every_steps: int = 10
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: Literal["constant", "step", "multistep", "exponential", "cosine", "plateau"] = "constant"
+    warmup_steps: int = 0  # linear warmup from 0, combined with any schedule
+    step_size_epochs: int = 10  # step: multiply by gamma every this many epochs
+    milestones_epochs: tuple[int, ...] = ()  # multistep: multiply by gamma at these epochs
+    gamma: float = 0.1  # step, multistep; exponential: per epoch
+    min_lr: float = 0.0  # cosine: the floor reached at the last step
+    # plateau: multiply by factor when `monitor` has not improved for patience epochs
+    factor: float = 0.5
+    patience: int = 2
+    threshold: float = 1e-4
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    # linear scaling rule (Goyal et al. 2017): lr x global_batch_size / reference_batch_size
+    scale_lr: bool = False
+    reference_batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    enabled: bool = False
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses, max for accuracies
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best: bool = False  # end with the weights of the best validation epoch
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 0  # 0: not by steps
+    every_epochs: int = 1  # 0: not by epochs
+    keep_last: int = 3
+    keep_best: bool = True  # also keep the best checkpoint by `monitor`
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
 
 
 @dataclass(frozen=True)
@@ -109,6 +151,9 @@ class DistConfig:
 class RunConfig:
     dir: str = "runs/default"
     progress: bool = True
+    # auto: continue from the latest valid checkpoint in `dir` when there is one;
+    # never: start afresh (an earlier run there is moved aside); or a checkpoint path
+    resume: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -117,6 +162,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -317,6 +365,27 @@ def validate(config: Config) -> None:
     _positive("data.num_features", d.num_features)
     if d.num_classes < 2:
         raise ConfigError("data.num_classes", f"{d.num_classes!r} must be at least 2")
+    _positive("train.stop_check_every_steps", t.stop_check_every_steps)
+    sc, es, ck = config.schedule, config.early_stopping, config.checkpoint
+    _at_least("schedule.warmup_steps", sc.warmup_steps, 0)
+    _positive("schedule.step_size_epochs", sc.step_size_epochs)
+    _positive("schedule.gamma", sc.gamma)
+    _at_least("schedule.min_lr", sc.min_lr, 0.0)
+    if not 0.0 < sc.factor < 1.0:
+        raise ConfigError("schedule.factor", f"{sc.factor!r} is outside (0, 1)", "0.5 halves the learning rate")
+    _at_least("schedule.patience", sc.patience, 0)
+    _positive("schedule.reference_batch_size", sc.reference_batch_size)
+    if list(sc.milestones_epochs) != sorted(set(sc.milestones_epochs)):
+        raise ConfigError("schedule.milestones_epochs", f"{list(sc.milestones_epochs)} must be increasing")
+    if sc.name == "multistep" and not sc.milestones_epochs:
+        raise ConfigError("schedule.milestones_epochs", "is empty but schedule.name is multistep", "e.g. [10, 20]")
+    _at_least("early_stopping.patience", es.patience, 1)
+    _at_least("early_stopping.min_delta", es.min_delta, 0.0)
+    _at_least("checkpoint.every_steps", ck.every_steps, 0)
+    _at_least("checkpoint.every_epochs", ck.every_epochs, 0)
+    _positive("checkpoint.keep_last", ck.keep_last)
+    if not config.run.resume:
+        raise ConfigError("run.resume", "is empty", "auto, never, or the path of a checkpoint directory")
     _positive("dist.timeout_s", config.dist.timeout_s)
     _positive("strategy.bucket_cap_mb", config.strategy.bucket_cap_mb)
 

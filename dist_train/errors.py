@@ -3,7 +3,15 @@
 
 class DistTrainError(Exception):
     """A mistake the user can fix (bad config, missing file, ...). The CLI prints
-    its message without a traceback and exits with status 2."""
+    its message without a traceback and exits with `exit_code`."""
+
+    exit_code = 2
+
+
+class TrainingFailed(DistTrainError):
+    """Training cannot go on (non-finite values, a lost peer); exit status 1."""
+
+    exit_code = 1
 
 
 class ConfigError(DistTrainError):

@@ -66,3 +66,13 @@ class RunningMean:
         total, n = self.windows[window]
         self.windows[window] = [0.0, 0]
         return total / n if n else float("nan")
+
+    def state_dict(self) -> dict:
+        return {"pending_sum": self.pending_sum.detach().cpu().clone(), "pending_count": self.pending_count,
+                "windows": {k: list(v) for k, v in self.windows.items()}}
+
+    def load_state_dict(self, state: dict, include_pending: bool = True) -> None:
+        if include_pending:
+            self.pending_sum.copy_(state["pending_sum"])
+            self.pending_count = int(state["pending_count"])
+        self.windows = {k: [float(v[0]), int(v[1])] for k, v in state["windows"].items()}

@@ -12,9 +12,23 @@ from typing import Any, TextIO
 
 
 class Tracker:
-    def __init__(self, run_dir: Path | None, console: TextIO | None = sys.stdout) -> None:
+    """`lines` counts the records in metrics.jsonl; a checkpoint stores it, and a
+    resumed run first cuts the file back to it (`truncate_to`), so the records
+    of steps after the checkpoint are written once, by the run that keeps them."""
+
+    QUIET = frozenset({"lr"})  # per-step records: file only, never the console
+
+    def __init__(self, run_dir: Path | None, console: TextIO | None = sys.stdout, truncate_to: int | None = None) -> None:
         self.console = console
-        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1) if run_dir is not None else None
+        self.lines = 0
+        self._file = None
+        if run_dir is not None:
+            path = run_dir / "metrics.jsonl"
+            if truncate_to is not None and path.exists():
+                kept = path.read_text().splitlines(keepends=True)[:truncate_to]
+                path.write_text("".join(kept))
+            self.lines = sum(1 for _ in open(path)) if path.exists() else 0
+            self._file = open(path, "a", buffering=1)
         self.events: list[dict[str, Any]] = []
 
     def log(self, event: str, **values: Any) -> None:
@@ -22,7 +36,8 @@ class Tracker:
         self.events.append(record)
         if self._file is not None:
             self._file.write(json.dumps(record, allow_nan=True) + "\n")
-        if self.console is not None:
+            self.lines += 1
+        if self.console is not None and event not in self.QUIET:
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
             print(f"[{event}] {shown}", file=self.console, flush=True)
 

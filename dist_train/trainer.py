@@ -1,25 +1,36 @@
-"""The training loop, readable top to bottom: build, then epochs of steps,
-evaluation after each epoch, the test split at the end."""
+"""The training loop, readable top to bottom: build; then epochs of steps with
+checkpoints, stop requests and non-finite guards; evaluation, LR plateau and
+early stopping after each epoch; the test split at the end.
+
+Progress is (epoch, step_in_epoch, global_step). A checkpoint taken at a step
+boundary holds everything the next step depends on, so a resumed run repeats
+the uninterrupted one bit for bit (same world size)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dist_train.config import Config
+from dist_train import checkpoint as ckpt
+from dist_train.callbacks import EarlyStopping, StopRequest, better, metric_mode
+from dist_train.config import Config, dump_yaml
 from dist_train.data import build_data
 from dist_train.data.loader import TrainStep
+from dist_train.distributed import agree_any
 from dist_train.env import DistEnv
+from dist_train.errors import TrainingFailed
 from dist_train.losses import build_loss
 from dist_train.metrics import RunningMean, evaluate
 from dist_train.models import build_model
 from dist_train.optim import build_optimizer
 from dist_train.resolve import Resolved
+from dist_train.schedules import LRSchedule
 from dist_train.strategy import Strategy, build_strategy
 from dist_train.sync_batchnorm import convert_sync_batchnorm
 from dist_train.tracking import NullTracker, Tracker
@@ -33,6 +44,8 @@ class FitResult:
     steps: int
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False  # a stop request was honoured: checkpoint saved, resume later
+    early_stopped: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -47,9 +60,11 @@ def rank_seed(seed: int, rank: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: Config, env: DistEnv, resolved: Resolved, tracker: Tracker | None = None,
-                 data: Any = None) -> None:
+                 data: Any = None, run_dir: Path | None = None, stop: StopRequest | None = None) -> None:
         self.cfg, self.env, self.resolved = cfg, env, resolved
         self.tracker = tracker or NullTracker()
+        self.run_dir = run_dir  # None: no checkpoints
+        self.stop = stop or StopRequest()
         self.data = data if data is not None else build_data(cfg, env, resolved)
         # Same seed on every rank for the weights (DDP also broadcasts rank 0's),
         # then a per-rank stream for dropout and anything else random.
@@ -61,43 +76,76 @@ class Trainer:
         seed_everything(rank_seed(cfg.train.seed, env.rank))
         self.loss_fn = build_loss(cfg.train.loss)
         self.train_loader = self.data.train
-        self.global_step = 0
+        total = cfg.train.epochs * self.train_loader.steps_per_epoch
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        self.schedule = LRSchedule(cfg.schedule, cfg.optim.lr, resolved.global_batch_size, total)
+        self.early_stopping = EarlyStopping(cfg.early_stopping)
         self.running_loss = RunningMean(env.device)
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.last_val: dict[str, float] = {}
+        self.best_checkpoint: tuple[float, int] | None = None  # (monitored value, global step)
+        self.last_saved_step = -1
+        self._rng_to_restore: dict[str, Any] | None = None
+        self.wandb_run_id: str | None = None
+        self.finished = False
 
     # ------------------------------------------------------------ the loop
 
     def fit(self) -> FitResult:
         t, tracker = self.cfg.train, self.tracker
-        tracker.log("start", world_size=self.env.world_size, global_batch_size=self.resolved.global_batch_size,
-                    per_rank_batch_size=self.resolved.per_rank_batch_size, strategy=self.resolved.strategy,
-                    train_samples=self.data.train_size, steps_per_epoch=self.train_loader.steps_per_epoch)
-        val: dict[str, float] = {}
-        for epoch in range(t.epochs):
+        if self.global_step == 0:
+            tracker.log("start", world_size=self.env.world_size, global_batch_size=self.resolved.global_batch_size,
+                        per_rank_batch_size=self.resolved.per_rank_batch_size, strategy=self.resolved.strategy,
+                        train_samples=self.data.train_size, steps_per_epoch=self.train_loader.steps_per_epoch)
+        early_stopped = False
+        while self.epoch < t.epochs:
             start = time.perf_counter()
-            samples = self.train_epoch(epoch)
+            samples = self.train_epoch()
             seconds = time.perf_counter() - start
-            val = self.evaluate("val")
-            tracker.log("epoch", epoch=epoch, step=self.global_step, train_loss=self.running_loss.mean("epoch", self.env),
-                        val_loss=val["loss"], val_accuracy=val["accuracy"], epoch_seconds=round(seconds, 4),
-                        samples_per_s=samples / seconds if seconds > 0 else float("nan"))
-            if self._reached_max_steps():
-                break
+            if self._stop_agreed():
+                return self._stop_for_resume()
+            self.end_of_epoch(samples, seconds)
+            early_stopped = self.early_stopping.update(self.epoch - 1, self.last_val, self.strategy.model)
+            if early_stopped:
+                tracker.log("early_stop", epoch=self.epoch - 1, step=self.global_step, monitor=self.cfg.early_stopping.monitor,
+                            best=self.early_stopping.best, best_epoch=self.early_stopping.best_epoch)
+            last_epoch = early_stopped or self._reached_max_steps() or self.epoch >= t.epochs
+            if last_epoch:
+                break  # the final checkpoint, after the test split, follows
+            if self._checkpoint_due_at_epoch_end():
+                self.save_checkpoint()
+        if self.early_stopping.restore(self.strategy.model):
+            tracker.log("restore_best", epoch=self.early_stopping.best_epoch, best=self.early_stopping.best)
         test = self.evaluate("test")
         tracker.log("test", step=self.global_step, test_loss=test["loss"], test_accuracy=test["accuracy"])
-        return FitResult(self.strategy.model, self.global_step, val, test)
+        self.finished = True
+        self.save_checkpoint()  # the end of the run (marked finished)
+        return FitResult(self.strategy.model, self.global_step, self.last_val, test, early_stopped=early_stopped)
 
-    def train_epoch(self, epoch: int) -> int:
-        """One pass over this rank's share of the epoch; returns the number of
-        samples processed across all ranks."""
+    def train_epoch(self) -> int:
+        """The rest of the current epoch, from `step_in_epoch`; returns the number
+        of samples processed across all ranks."""
         self.strategy.train_model.train()
         samples = 0
-        for step in self.train_loader.epoch(epoch):
+        cfg = self.cfg
+        for step in self.train_loader.epoch(self.epoch, self.step_in_epoch):
+            if self._rng_to_restore is not None:  # resumed: the RNG as it was before this very step
+                ckpt.set_rng_state(self._rng_to_restore)
+                self._rng_to_restore = None
+            lr = self.schedule.apply(self.strategy.optimizer, self.global_step, self.epoch)
             self.train_step(step)
             samples += step.global_count
             self.global_step += 1
-            if self.global_step % self.cfg.train.log_every_steps == 0:
-                self.tracker.log("train", epoch=epoch, step=self.global_step,
-                                 loss=self.running_loss.mean("interval", self.env), lr=self.lr)
+            self.step_in_epoch = step.step + 1
+            self.tracker.log("lr", step=self.global_step, lr=lr)
+            if self.global_step % cfg.train.log_every_steps == 0:
+                self.tracker.log("train", epoch=self.epoch, step=self.global_step,
+                                 loss=self.running_loss.mean("interval", self.env), lr=lr)
+            if cfg.checkpoint.every_steps and self.global_step % cfg.checkpoint.every_steps == 0:
+                self.save_checkpoint()
+            if self.global_step % cfg.train.stop_check_every_steps == 0 and self._stop_agreed():
+                return samples
             if self._reached_max_steps():
                 break
         return samples
@@ -105,28 +153,134 @@ class Trainer:
     def train_step(self, step: TrainStep) -> None:
         """One optimizer step over this rank's micro-batches. Each sample's loss
         is weighted by 1/(samples in the whole step), so ranks and micro-batches
-        of different sizes still add up to the exact global mean."""
+        of different sizes still add up to the exact global mean. A non-finite
+        loss on any rank makes non-finite gradients, which the all-reduce carries
+        to every rank: all ranks see the same norm and take the same decision."""
         strategy = self.strategy
         last = len(step.micro_batches) - 1
+        step_loss = torch.zeros((), dtype=torch.float64, device=self.env.device)
+        count = 0
         for i, batch in enumerate(step.micro_batches):
             with strategy.micro_step(sync=i == last):
                 loss_sum = self.loss_fn(strategy.train_model(batch.inputs), batch.targets)
                 strategy.backward(loss_sum, step.global_count)
-            self.running_loss.add(loss_sum, batch.targets.shape[0])
-        strategy.step(self.cfg.train.grad_clip_norm)
+            step_loss += loss_sum.detach()
+            count += batch.targets.shape[0]
+        norm = strategy.grad_norm(self.cfg.train.grad_clip_norm)
+        if bool(torch.isfinite(norm)):
+            strategy.optimizer_step()
+            self.running_loss.add(step_loss, count)
+            return
+        strategy.skip_step()  # the weights stay as they were: no checkpoint ever holds NaN weights
+        if self.cfg.train.nonfinite == "skip":
+            self.tracker.log("skipped_step", epoch=self.epoch, step=self.global_step + 1, grad_norm=norm.item())
+            return
+        raise TrainingFailed(
+            f"non-finite loss or gradient (gradient norm {norm.item()}) at epoch {self.epoch}, global step "
+            f"{self.global_step + 1}; the weights were not updated. Lower optim.lr, set train.grad_clip_norm, "
+            f"check the inputs for NaN, or set train.nonfinite=skip to skip such steps")
+
+    def end_of_epoch(self, samples: int, seconds: float) -> None:
+        val = self.evaluate("val")
+        self.last_val = {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+        if self.schedule.end_of_epoch(self.last_val):
+            self.tracker.log("lr_reduced", epoch=self.epoch, step=self.global_step,
+                             lr=self.schedule.lr(self.global_step, self.epoch + 1))
+        self.tracker.log("epoch", epoch=self.epoch, step=self.global_step,
+                         train_loss=self.running_loss.mean("epoch", self.env),
+                         val_loss=val["loss"], val_accuracy=val["accuracy"], epoch_seconds=round(seconds, 4),
+                         samples_per_s=samples / seconds if seconds > 0 else float("nan"))
+        self.epoch += 1
+        self.step_in_epoch = 0
 
     def evaluate(self, split_name: str) -> dict[str, float]:
         batches = self.data.eval_batches(split_name, EVAL_BATCH_SIZE)
         return evaluate(self.strategy.model, batches, self.loss_fn, self.env)
 
-    # ------------------------------------------------------------ helpers
-
-    @property
-    def lr(self) -> float:
-        return float(self.strategy.optimizer.param_groups[0]["lr"])
+    # ------------------------------------------------------------ decisions
 
     def _reached_max_steps(self) -> bool:
         return self.cfg.train.max_steps is not None and self.global_step >= self.cfg.train.max_steps
 
-    def state(self) -> dict[str, Any]:
-        return {"global_step": self.global_step, **self.strategy.state_dict()}
+    def _stop_agreed(self) -> bool:
+        """A collective: every rank calls it at the same steps."""
+        return agree_any(self.stop.requested, self.env)
+
+    def _checkpoint_due_at_epoch_end(self) -> bool:
+        every = self.cfg.checkpoint.every_epochs
+        return bool(every) and self.epoch % every == 0
+
+    def _stop_for_resume(self) -> FitResult:
+        self.tracker.log("stop", epoch=self.epoch, step=self.global_step, signal=self.stop.signal_name or "another rank")
+        if self.last_saved_step != self.global_step:
+            self.save_checkpoint()
+        return FitResult(self.strategy.model, self.global_step, self.last_val, stopped=True)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path | None:
+        """Collective. Rank 0 writes the shared files; each rank its own state."""
+        if self.run_dir is None:
+            return None
+        monitor = self.cfg.checkpoint.monitor
+        value = self.last_val.get(monitor)
+        if value is not None and self.step_in_epoch == 0 and better(value, None if self.best_checkpoint is None
+                                                                    else self.best_checkpoint[0], metric_mode(monitor)):
+            self.best_checkpoint = (value, self.global_step)
+        shared: dict[str, Any] = {}
+        if self.env.is_rank0:
+            shared["model"] = self.strategy.model.state_dict()
+            shared["trainer"] = {
+                "optimizer": self.strategy.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "early_stopping": self.early_stopping.state_dict(),
+                "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step},
+                "last_val": dict(self.last_val), "best_checkpoint": list(self.best_checkpoint or []),
+                "metrics_lines": self.tracker.lines, "wandb_run_id": self.wandb_run_id,
+                "config": dump_yaml(self.cfg), "world_size": self.env.world_size,
+                "data_source": self.cfg.data.source, "finished": self.finished}
+            if self.early_stopping.best_weights is not None:
+                shared["best_model"] = self.early_stopping.best_weights
+        per_rank = {"rng": ckpt.rng_state(), "running_loss": self.running_loss.state_dict()}
+        info = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "finished": self.finished, **self.last_val}
+        # logged first, so the line count the checkpoint keeps includes it
+        self.tracker.log("checkpoint", epoch=self.epoch, step=self.global_step, finished=self.finished)
+        if self.env.is_rank0:
+            shared["trainer"]["metrics_lines"] = self.tracker.lines
+        path = ckpt.save_checkpoint(self.run_dir, self.global_step, self.env, shared, per_rank, info)
+        self.last_saved_step = self.global_step
+        if self.env.is_rank0:
+            best = self.best_checkpoint[1] if self.best_checkpoint and self.cfg.checkpoint.keep_best else None
+            ckpt.apply_retention(self.run_dir, self.cfg.checkpoint.keep_last, best, current=path)
+        return path
+
+    def restore(self, info: ckpt.CheckpointInfo) -> None:
+        """Continue from a checkpoint every rank agreed on."""
+        trainer = ckpt.load_file(info.path, "trainer.pt")
+        self.strategy.model.load_state_dict(ckpt.load_file(info.path, "model.pt"))
+        self.strategy.optimizer.load_state_dict(trainer["optimizer"])
+        self.schedule.load_state_dict(trainer["schedule"])
+        self.early_stopping.load_state_dict(trainer["early_stopping"], ckpt.load_file(info.path, "best_model.pt"))
+        progress = trainer["progress"]
+        self.epoch, self.step_in_epoch = int(progress["epoch"]), int(progress["step_in_epoch"])
+        self.global_step = self.last_saved_step = int(progress["global_step"])
+        self.last_val = dict(trainer["last_val"])
+        best = trainer["best_checkpoint"]
+        self.best_checkpoint = (float(best[0]), int(best[1])) if best else None
+        self.wandb_run_id = trainer["wandb_run_id"]
+        same_shape = int(trainer["world_size"]) == self.env.world_size
+        mine = ckpt.load_file(info.path, f"rank-{self.env.rank:05d}.pt")
+        if same_shape and mine is not None:
+            self._rng_to_restore = mine["rng"]
+            self.running_loss.load_state_dict(mine["running_loss"])
+        else:
+            # A different number of workers: the sample order continues (it is a
+            # function of the global batch), but dropout streams and the partial
+            # loss sums cannot be split or merged exactly.
+            seed_everything(rank_seed(self.cfg.train.seed + self.global_step, self.env.rank))
+            first = ckpt.load_file(info.path, "rank-00000.pt")
+            self.running_loss.load_state_dict(first["running_loss"], include_pending=False)
+            if self.cfg.data.source == "shards" and self.step_in_epoch:
+                # shards are dealt to ranks by world size: the epoch's position does not carry over
+                self.step_in_epoch = 0
+        self.tracker.log("resume", checkpoint=str(info.path), epoch=self.epoch, step=self.global_step,
+                         world_size=self.env.world_size, previous_world_size=int(trainer["world_size"]))

@@ -1,6 +1,7 @@
 """The `dist-train` command line.
 
-Exit status: 0 done, 1 training failed, 2 a usage or config mistake."""
+Exit status: 0 done, 1 training failed, 2 a usage or config mistake, 75 stopped
+on request (SIGTERM/SIGUSR1) after saving a checkpoint: run again to resume."""
 
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ import sys
 from dist_train.errors import DistTrainError
 
 OVERRIDES_HELP = "config overrides as dotted key=value, e.g. optim.lr=0.01 train.epochs=5 model.hidden_sizes=[128,64]"
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--fresh", action="store_true",
+                   help="start from scratch even if run.dir holds checkpoints (the earlier run is moved aside)")
+    g.add_argument("--resume", metavar="CHECKPOINT", default=None,
+                   help="resume from this checkpoint directory (default: the latest valid one in run.dir)")
+
+
+def resume_overrides(args: argparse.Namespace) -> list[str]:
+    if args.fresh:
+        return ["run.resume=never"]
+    if args.resume:
+        return [f"run.resume={args.resume}"]
+    return []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument("config", metavar="CONFIG", help="YAML run config, e.g. configs/quickstart.yaml")
     p_run.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    add_resume_arguments(p_run)
 
     from launcher.elastic import add_launch_arguments
 
@@ -39,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_launch_arguments(p_launch)
     p_launch.add_argument("config", metavar="CONFIG", help="YAML run config")
     p_launch.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    add_resume_arguments(p_launch)
     p_prep = sub.add_parser(
         "prepare", help="write a data set as train/validation/test shards with a manifest",
         description="Write NAME as webdataset shards (blocks of samples per tar member) plus manifest.json "
@@ -73,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prepare(args)
     except DistTrainError as exc:
         print(f"dist-train: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return exc.exit_code
     raise AssertionError(args.command)
 
 
@@ -82,10 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dist_train.env import DistEnv
     from dist_train.runner import run
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *resume_overrides(args)])
     env = DistEnv.from_env(device=cfg.dist.device)
-    run(cfg, env)
-    return 0
+    return run(cfg, env)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -95,11 +113,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     # Check the config once here, so a mistake is one clear message instead of
     # one traceback per worker.
-    cfg = load_config(args.config, args.overrides)
+    overrides = [*args.overrides, *resume_overrides(args)]
+    cfg = load_config(args.config, overrides)
     world_size = planned_world_size(args)
     if world_size is not None:
         resolve(cfg, world_size)
-    return launch(args, args.config, args.overrides)
+    return launch(args, args.config, overrides)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -68,6 +68,8 @@ def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str]) -
 
 def launch(args: argparse.Namespace, config: str, overrides: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from dist_train.callbacks import EXIT_RESUME
     from torch.distributed.run import main as torchrun_main
 
     if "OMP_NUM_THREADS" not in os.environ and str(args.nproc_per_node) != "1":
@@ -78,6 +80,9 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str]) -> int:
         torchrun_main(torchrun_argv(args, config, overrides))
     except ChildFailedError as exc:
         # torchrun has printed its failure table; add the one line that matters
+        codes = {f.exitcode for f in exc.failures.values()}
+        if codes == {EXIT_RESUME}:  # every worker stopped on request and saved
+            return EXIT_RESUME
         detail = ""
         if exc.failures:
             rank, first = exc.get_first_failure()

@@ -180,8 +180,10 @@ class ShardTrainLoader:
         stream = _WorkerStream(self.manifest, plan.files, self.seed, epoch, self.env.rank,
                                self.cfg.shuffle_buffer, chunk=4096)
         workers = self.cfg.loader_workers
-        chunks = iter(DataLoader(stream, batch_size=None, num_workers=workers,
-                                 prefetch_factor=4 if workers else None, persistent_workers=False))
+        # A generator of its own: a DataLoader otherwise draws its base seed from the
+        # global RNG, which would shift dropout masks (and break exact resume).
+        chunks = iter(DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
+                                 persistent_workers=False, generator=torch.Generator().manual_seed(epoch)))
         batches = _rebatch(chunks, b)
         for step in range(plan.steps):
             sizes = [min(max(c - step * b, 0), b) for c in plan.rank_counts]

@@ -2,7 +2,8 @@
 
 The trainer never branches on the strategy. Per optimizer step it runs, for
 each micro-batch, the forward pass and `backward(loss)` inside
-`micro_step(sync=is_last_micro_batch)`, then calls `step()`.
+`micro_step(sync=is_last_micro_batch)`, then `grad_norm()` and
+`optimizer_step()` (or `skip_step()` when the gradients are not finite).
 `backward(loss_sum, global_count)` gets this micro-batch's loss summed over its
 samples and the number of samples in the whole step across all ranks; after
 the step's last micro-batch the gradients on every rank must equal the
@@ -17,6 +18,12 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 class Strategy(ABC):
@@ -35,15 +42,23 @@ class Strategy(ABC):
     def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
         """Accumulate this micro-batch's share of the gradient of the global mean."""
 
-    def step(self, grad_clip_norm: float | None) -> torch.Tensor | None:
-        """Clip (when asked), apply the optimizer, zero the gradients.
-        Returns the gradient norm before clipping, when clipping."""
-        norm = None
+    def grad_norm(self, grad_clip_norm: float | None) -> torch.Tensor:
+        """The global gradient norm (after synchronization, so the same on every
+        rank), clipping to `grad_clip_norm` when given."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if grad_clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip_norm)
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip_norm)
+        if not grads:
+            return torch.zeros(())
+        return _total_norm(grads)
+
+    def optimizer_step(self) -> None:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+
+    def skip_step(self) -> None:
+        """Drop this step's gradients without touching the weights."""
+        self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -1,0 +1,226 @@
+"""Checkpoints: atomic, verified, retained, found again, loaded without unpickling.
+
+Layout: RUN_DIR/checkpoints/step-00000120/
+    model.pt        plain model state_dict: `torch.load(p, weights_only=True)` loads it without dist_train
+    trainer.pt      optimizer, LR schedule, early stopping, progress, metrics line count, W&B run id, config
+    best_model.pt   the best weights so far (only with early_stopping.restore_best)
+    rank-00000.pt   per rank: RNG states (torch, numpy, python) and the unreduced running loss
+    MANIFEST.json   written last: every file's size and SHA-256, and the progress
+
+Order (every rank takes part): rank 0 makes the directory; barrier; each rank
+writes its files to temporary names, fsyncs, renames, and computes their
+digests; the digests are gathered to rank 0; barrier; rank 0 writes the
+manifest (temporary name, fsync, rename, fsync of the directory). A directory
+without a valid manifest is not a checkpoint: killing the job at any moment
+leaves the previous checkpoint intact and the newest one ignored.
+
+Nothing is ever unpickled: every file loads with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dist_train.distributed import barrier
+from dist_train.env import DistEnv
+from dist_train.errors import DistTrainError
+
+MANIFEST = "MANIFEST.json"
+PREFIX = "step-"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_file(obj: Any, path: Path) -> dict[str, Any]:
+    """torch.save to a temporary name, fsync, rename; returns size and SHA-256."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and plain numbers (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
+             "python": {"version": version, "state": list(py_state), "gauss": gauss}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, global_step: int, env: DistEnv, shared: dict[str, Any],
+                    per_rank: dict[str, Any], info: dict[str, Any]) -> Path:
+    """Write one checkpoint. Collective: every rank calls it at the same step.
+    `shared` (rank 0 only): name -> object for files written once (model, trainer, ...);
+    `per_rank`: this rank's own state; `info`: progress and metrics for the manifest."""
+    path = checkpoint_root(run_dir) / f"{PREFIX}{global_step:08d}"
+    if env.is_rank0:
+        if path.exists():  # an earlier, unfinished save of the same step
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+    barrier(env)
+    files: dict[str, Any] = {}
+    if env.is_rank0:
+        for name, obj in shared.items():
+            files[f"{name}.pt"] = _save_file(obj, path / f"{name}.pt")
+    files[f"rank-{env.rank:05d}.pt"] = _save_file(per_rank, path / f"rank-{env.rank:05d}.pt")
+    if env.is_distributed:
+        gathered: list = [None] * env.world_size
+        dist.all_gather_object(gathered, files)
+        files = {k: v for part in gathered for k, v in part.items()}
+    barrier(env)
+    if env.is_rank0:
+        manifest = {"format": "dist-train-checkpoint/1", "global_step": global_step, "world_size": env.world_size,
+                    **info, "files": files}
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{MANIFEST}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path / MANIFEST)
+        _fsync_dir(path)
+    barrier(env)
+    return path
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def global_step(self) -> int:
+        return int(self.manifest["global_step"])
+
+
+def verify_checkpoint(path: Path) -> CheckpointInfo:
+    """The checkpoint at `path`, or DistTrainError saying what is wrong with it."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise DistTrainError(f"checkpoint {path} has no {MANIFEST} (its save did not finish)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DistTrainError(f"checkpoint {path}: {MANIFEST} is unreadable ({exc})") from None
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise DistTrainError(f"checkpoint {path}: {name} is missing")
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            raise DistTrainError(f"checkpoint {path}: {name} has {size} bytes, the manifest says {expected['bytes']} (truncated)")
+        digest = hashlib.sha256()
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected["sha256"]:
+            raise DistTrainError(f"checkpoint {path}: {name} does not match its SHA-256 (corrupt)")
+    return CheckpointInfo(path, manifest)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint directories, newest first (by step), valid or not."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(dirs, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+
+
+def find_latest_valid(run_dir: Path, warn: Any = print) -> CheckpointInfo | None:
+    """The newest checkpoint that verifies; each one skipped is reported through `warn`."""
+    for path in list_checkpoints(run_dir):
+        try:
+            return verify_checkpoint(path)
+        except DistTrainError as exc:
+            warn(f"dist-train: skipping {exc}")
+    return None
+
+
+def agree_on_checkpoint(choice: CheckpointInfo | None, env: DistEnv) -> CheckpointInfo | None:
+    """Rank 0's choice, on every rank (ranks must never load different checkpoints)."""
+    if not env.is_distributed:
+        return choice
+    box = [None if choice is None else (str(choice.path), choice.manifest)]
+    dist.broadcast_object_list(box, src=0)
+    return None if box[0] is None else CheckpointInfo(Path(box[0][0]), box[0][1])
+
+
+def load_file(path: Path, name: str) -> Any:
+    file = path / name
+    if not file.is_file():
+        return None
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def apply_retention(run_dir: Path, keep_last: int, best_step: int | None, current: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep_last` valid checkpoints and the best one.
+    Unfinished saves older than the newest valid checkpoint go too. Rank 0 only."""
+    valid, removed = [], []
+    for path in list_checkpoints(run_dir):
+        if (path / MANIFEST).is_file():
+            valid.append(path)
+        elif valid:  # an abandoned save, older than a valid checkpoint
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    keep = set(valid[:keep_last])
+    if best_step is not None:
+        keep.add(checkpoint_root(run_dir) / f"{PREFIX}{best_step:08d}")
+    if current is not None:
+        keep.add(current)
+    for path in valid:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
