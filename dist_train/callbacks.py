@@ -82,6 +82,10 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # asked twice: stop now, the way the signal would without us
+            self.uninstall()
+            signal.raise_signal(signum)
+            return
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 

@@ -26,9 +26,16 @@ def process_group(env: DistEnv, timeout_s: float) -> Iterator[None]:
         return
     if env.device.startswith("cuda"):
         torch.cuda.set_device(env.device)
-    kwargs = {}
+    kwargs: dict = {}
     if env.backend == "nccl":
         kwargs["device_id"] = torch.device(env.device)
+    if env.agent_store:
+        # Under torchrun the agent's store outlives a restart of the workers, with
+        # the previous group's addresses still in it: the restarted workers would
+        # try to connect to peers that are gone. A prefix per restart keeps them apart.
+        store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False,
+                              timeout=datetime.timedelta(seconds=timeout_s))
+        kwargs["store"] = dist.PrefixStore(f"dist-train/restart-{env.restart_count}", store)
     dist.init_process_group(
         backend=env.backend,
         rank=env.rank,

@@ -24,6 +24,12 @@ class DistEnv:
     node_rank: int = 0
     device: str = "cpu"
     backend: str = "gloo"
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    # torchrun: which restart of the worker group this is, and whether its agent
+    # hosts the store the workers meet in
+    restart_count: int = 0
+    agent_store: bool = False
 
     @property
     def is_rank0(self) -> bool:
@@ -46,6 +52,9 @@ class DistEnv:
         local_rank = _int_var(environ, "LOCAL_RANK", 0)
         local_world_size = _int_var(environ, "LOCAL_WORLD_SIZE", 1)
         node_rank = _int_var(environ, "GROUP_RANK", rank // max(local_world_size, 1))
+        common = {"master_addr": environ.get("MASTER_ADDR", "127.0.0.1"), "master_port": _int_var(environ, "MASTER_PORT", 29500),
+                  "restart_count": _int_var(environ, "TORCHELASTIC_RESTART_COUNT", 0),
+                  "agent_store": environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"}
         if not 0 <= rank < world_size:
             raise DistTrainError(
                 f"RANK={rank} is outside WORLD_SIZE={world_size}; the launcher set an "
@@ -61,8 +70,8 @@ class DistEnv:
                     f"LOCAL_RANK={local_rank} but this node has only {count} GPU(s): start at most "
                     f"{count} workers per node (--nproc-per-node / --ntasks-per-node)"
                 )
-            return cls(rank, local_rank, world_size, local_world_size, node_rank, f"cuda:{local_rank}", "nccl")
-        return cls(rank, local_rank, world_size, local_world_size, node_rank, "cpu", "gloo")
+            return cls(rank, local_rank, world_size, local_world_size, node_rank, f"cuda:{local_rank}", "nccl", **common)
+        return cls(rank, local_rank, world_size, local_world_size, node_rank, "cpu", "gloo", **common)
 
 
 def _int_var(environ: Mapping[str, str], name: str, default: int) -> int:

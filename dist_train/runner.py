@@ -32,9 +32,11 @@ def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer) -> in
     if env.device == "cpu" and env.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         # several CPU workers on one machine must not each spawn one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(env.local_world_size, 1)))
-    stop = StopRequest().install()
+    stop = StopRequest()
     try:
         with process_group(env, cfg.dist.timeout_s):
+            # only now: until the loop runs, a signal must end the process as usual
+            stop.install()
             try:
                 return _train(cfg, env, resolved, stop, trainer_class)
             except RuntimeError as exc:
@@ -52,7 +54,7 @@ def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer) -> in
 def _train(cfg: Config, env: DistEnv, resolved, stop: StopRequest, trainer_class: type[Trainer]) -> int:
     run_dir = Path(cfg.run.dir)
     start_from = _choose_start(cfg, env, run_dir)
-    if start_from is not None and start_from.manifest.get("finished"):
+    if start_from is not None and start_from.manifest.get("finished") and not _asks_for_more(cfg, start_from):
         if env.is_rank0:
             print(f"dist-train: the run in {run_dir} already finished (step {start_from.global_step}); "
                   "nothing to do. Pass --fresh to train again from scratch.", flush=True)
@@ -112,6 +114,12 @@ def _choose_start(cfg: Config, env: DistEnv, run_dir: Path) -> ckpt.CheckpointIn
         print(f"dist-train: resuming from {choice.path} (epoch {choice.manifest.get('epoch')}, "
               f"step {choice.global_step})", flush=True)
     return choice
+
+
+def _asks_for_more(cfg: Config, info: ckpt.CheckpointInfo) -> bool:
+    """A finished run goes on only when the config now asks for more epochs (and
+    it did not stop early)."""
+    return not info.manifest.get("early_stopped") and int(info.manifest.get("epoch", 0)) < cfg.train.epochs
 
 
 def _move_previous_run_aside(run_dir: Path) -> None:

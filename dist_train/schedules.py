@@ -40,8 +40,6 @@ class LRSchedule:
         """The LR for optimizer step `step` (0-based, counted over the run) in `epoch`."""
         c = self.cfg
         lr = self.base_lr * self.plateau_factor
-        if c.warmup_steps and step < c.warmup_steps:
-            lr *= (step + 1) / c.warmup_steps
         if c.name == "step":
             lr *= c.gamma ** (epoch // c.step_size_epochs)
         elif c.name == "multistep":
@@ -52,6 +50,8 @@ class LRSchedule:
             progress = min(step / self.total_steps, 1.0)
             floor = c.min_lr * self.plateau_factor
             lr = floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if c.warmup_steps and step < c.warmup_steps:  # a multiplier on whatever the schedule gives
+            lr *= (step + 1) / c.warmup_steps
         return lr
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int, epoch: int) -> float:

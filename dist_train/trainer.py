@@ -88,7 +88,7 @@ class Trainer:
         self.last_saved_step = -1
         self._rng_to_restore: dict[str, Any] | None = None
         self.wandb_run_id: str | None = None
-        self.finished = False
+        self.finished = self.early_stopped = False
 
     # ------------------------------------------------------------ the loop
 
@@ -119,7 +119,7 @@ class Trainer:
             tracker.log("restore_best", epoch=self.early_stopping.best_epoch, best=self.early_stopping.best)
         test = self.evaluate("test")
         tracker.log("test", step=self.global_step, test_loss=test["loss"], test_accuracy=test["accuracy"])
-        self.finished = True
+        self.finished, self.early_stopped = True, early_stopped
         self.save_checkpoint()  # the end of the run (marked finished)
         return FitResult(self.strategy.model, self.global_step, self.last_val, test, early_stopped=early_stopped)
 
@@ -241,7 +241,8 @@ class Trainer:
             if self.early_stopping.best_weights is not None:
                 shared["best_model"] = self.early_stopping.best_weights
         per_rank = {"rng": ckpt.rng_state(), "running_loss": self.running_loss.state_dict()}
-        info = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "finished": self.finished, **self.last_val}
+        info = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "finished": self.finished,
+                "early_stopped": self.early_stopped, **self.last_val}
         # logged first, so the line count the checkpoint keeps includes it
         self.tracker.log("checkpoint", epoch=self.epoch, step=self.global_step, finished=self.finished)
         if self.env.is_rank0:

@@ -67,6 +67,7 @@ def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str]) -
 
 
 def launch(args: argparse.Namespace, config: str, overrides: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from dist_train.callbacks import EXIT_RESUME
@@ -78,6 +79,12 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str]) -> int:
         os.environ["OMP_NUM_THREADS"] = "1"
     try:
         torchrun_main(torchrun_argv(args, config, overrides))
+    except SignalException as exc:
+        # torchrun passed the signal on to the workers, which save a checkpoint at
+        # their next step boundary and exit before it returns
+        print(f"dist-train launch: stopped by signal {exc.sigval.name}; the workers were asked to save a "
+              f"checkpoint and stop. Run the same command again to resume.", file=sys.stderr, flush=True)
+        return EXIT_RESUME
     except ChildFailedError as exc:
         # torchrun has printed its failure table; add the one line that matters
         codes = {f.exitcode for f in exc.failures.values()}

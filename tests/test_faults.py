@@ -1,0 +1,200 @@
+"""Surviving faults with real processes and real signals: NaN on one rank,
+SIGTERM mid-epoch, kill -9 under the elastic launcher, a lost peer, a
+different number of workers on resume."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dist_train.checkpoint import find_latest_valid, list_checkpoints
+from dist_train.config import load_config
+from dist_train.data.loader import InMemoryData
+from dist_train.data.sampler import ShardedBatchPlan
+from dist_train.tracking import Tracker
+from dist_train.data.sources import build_splits
+from dist_train.env import DistEnv
+from dist_train.errors import TrainingFailed
+from dist_train.resolve import resolve
+from dist_train.trainer import Trainer
+from tests.conftest import REPO
+from tests.multiproc import free_port, run_workers
+
+# ------------------------------------------------------------ non-finite values
+
+NAN = ["data.source=synthetic", "data.num_samples=300", "data.num_features=8", "data.num_classes=3",
+       "model.hidden_sizes=[8]", "train.global_batch_size=32", "train.epochs=2", "dist.device=cpu",
+       "checkpoint.every_steps=2"]
+
+
+def nan_worker(env, mode, run_dir):
+    cfg = load_config(None, [*NAN, f"train.nonfinite={mode}", f"run.dir={run_dir}"])
+    resolved = resolve(cfg, env.world_size)
+    splits = build_splits(cfg.data)
+    splits.train.inputs[17, 3] = float("nan")  # one sample: it lands on exactly one rank
+    data = InMemoryData(splits, env, resolved.global_batch_size, 1, cfg.train.seed, False)
+    owner = [r for r in range(env.world_size)
+             if any(17 in m.tolist() for s in ShardedBatchPlan(len(splits.train), 32, env.world_size, r, 0).epoch(0)
+                    for m in s.micro_indices)]
+    tracker = Tracker(Path(run_dir), console=None) if env.is_rank0 else None
+    trainer = Trainer(cfg, env, resolved, tracker, data=data, run_dir=Path(run_dir))
+    try:
+        result = trainer.fit()
+        outcome = ("finished", result.steps)
+    except TrainingFailed as exc:
+        outcome = ("failed", str(exc))
+    weights_finite = all(torch.isfinite(v).all() for v in trainer.strategy.model.state_dict().values())
+    return {"outcome": outcome, "owner": owner, "finite": bool(weights_finite)}
+
+
+def test_nan_on_one_rank_stops_every_rank_with_a_message(tmp_path):
+    r0, r1 = run_workers(nan_worker, 2, "stop", str(tmp_path), timeout_s=120)
+    assert len(r0["owner"]) == 1  # the NaN sample sat on one rank only
+    assert r0["outcome"][0] == r1["outcome"][0] == "failed"
+    assert "non-finite loss or gradient" in r0["outcome"][1] and "train.nonfinite=skip" in r0["outcome"][1]
+    assert r0["outcome"][1] == r1["outcome"][1]  # same step, same words
+    assert r0["finite"] and r1["finite"]
+    for path in list_checkpoints(tmp_path):  # no checkpoint holds NaN weights
+        weights = torch.load(path / "model.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_nan_steps_can_be_skipped(tmp_path):
+    r0, r1 = run_workers(nan_worker, 2, "skip", str(tmp_path), timeout_s=120)
+    assert r0["outcome"] == r1["outcome"] and r0["outcome"][0] == "finished"
+    assert r0["finite"]
+    skipped = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+               if '"skipped_step"' in line]
+    assert len(skipped) == 2  # the NaN sample is in one step of each of the 2 epochs
+
+
+# ------------------------------------------------------------ the command line
+
+CPU = ["configs/cpu_test.yaml", "train.epochs=12", "checkpoint.every_steps=5", "checkpoint.keep_last=3",
+       "train.stop_check_every_steps=1", "model.dropout=0.2"]
+
+
+def launch(run_dir, *extra, restarts=0):
+    return subprocess.Popen([sys.executable, "-m", "launcher", "launch", "--nproc-per-node", "2", "--max-restarts",
+                             str(restarts), *CPU, f"run.dir={run_dir}", *extra],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def wait_for_step(run_dir, step, proc, timeout=120):
+    """Until metrics.jsonl shows `step` (a condition, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    path = Path(run_dir) / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early:\n{proc.stdout.read()}")
+        if path.exists() and any(f'"step": {step},' in line for line in path.read_text().splitlines()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached within {timeout}s")
+
+
+def final_weights(run_dir):
+    return torch.load(find_latest_valid(run_dir).path / "model.pt", weights_only=True)
+
+
+def finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    code, out = finish(launch(run_dir))
+    assert code == 0, out
+    return final_weights(run_dir)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_exits_75_and_resumes_exactly(tmp_path, uninterrupted):
+    proc = launch(tmp_path)
+    wait_for_step(tmp_path, 23, proc)  # mid-epoch (15 steps per epoch)
+    proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 75, out
+    assert "Run the same command again to resume" in out
+    code, out = finish(launch(tmp_path))
+    assert code == 0, out
+    assert "resuming from" in out
+    for key, value in uninterrupted.items():
+        assert torch.equal(value, final_weights(tmp_path)[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_worker_killed_is_restarted_and_ends_with_the_uninterrupted_weights(tmp_path, uninterrupted, seed):
+    proc = launch(tmp_path, restarts=1)
+    step = random.Random(seed).randrange(8, 150)
+    wait_for_step(tmp_path, step, proc)
+    workers = subprocess.run(["pgrep", "-f", "launcher.worker"], capture_output=True, text=True).stdout.split()
+    assert workers, "no worker processes found"
+    os.kill(int(random.Random(seed).choice(workers)), signal.SIGKILL)
+    code, out = finish(proc)
+    assert code == 0, out
+    assert out.count("resuming from") >= 1
+    for key, value in uninterrupted.items():
+        assert torch.equal(value, final_weights(tmp_path)[key]), key
+
+
+@pytest.mark.slow
+def test_a_lost_peer_ends_the_job_with_a_clear_message_instead_of_hanging(tmp_path):
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "launcher", "run", *CPU, "train.epochs=1000",
+                                       "dist.timeout_s=15", f"run.dir={tmp_path}"],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    wait_for_step(tmp_path, 30, procs[0])
+    procs[1].kill()
+    start = time.monotonic()
+    code, out = finish(procs[0], timeout=120)
+    procs[1].wait()
+    assert time.monotonic() - start < 60  # well within the timeout plus start-up, not torch's 30 minutes
+    assert code == 1, out
+    assert "lost contact with another worker" in out and "resume from the last checkpoint" in out
+
+
+# ------------------------------------------------------------ a different number of workers
+
+def resize_worker(env, run_dir, stop_after):
+    from dist_train.runner import run
+    from tests.test_resume import stopping_trainer
+
+    cfg = load_config(f"{REPO}/configs/cpu_test.yaml", [f"run.dir={run_dir}", "checkpoint.every_steps=4",
+                                                        "train.stop_check_every_steps=1"])
+    return run(cfg, env, stopping_trainer(stop_after) if stop_after else Trainer)
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_resume_with_a_different_number_of_workers_continues_the_epoch(tmp_path, before, after):
+    def go(world, stop_after):
+        if world == 1:
+            return [resize_worker(DistEnv(), str(tmp_path), stop_after)]
+        return run_workers(resize_worker, 2, str(tmp_path), stop_after, timeout_s=120)
+
+    assert go(before, 20) == [75] * before  # stopped mid-epoch 2 (14 steps per epoch)
+    assert go(after, 0) == [0] * after
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    resume = [e for e in events if e["event"] == "resume"][-1]
+    assert (resume["previous_world_size"], resume["world_size"]) == (before, after)
+    assert resume["epoch"] == 1 and resume["step"] == 20
+    lr_steps = [e["step"] for e in events if e["event"] == "lr"]
+    assert lr_steps == list(range(1, 43))  # every step once: none repeated, none skipped
+    assert [e["step"] for e in events if e["event"] == "epoch"] == [14, 28, 42]
+    assert [e for e in events if e["event"] == "test"][0]["test_accuracy"] > 0.9
