@@ -25,6 +25,8 @@ import os
 import random
 import shutil
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,25 +55,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _HashingWriter:
+    """A file that hashes what passes through it, on a second thread while the
+    bytes go to disk (both release the GIL), so the digest costs neither a
+    re-read nor extra time on the training's critical path."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
+        self._pool = ThreadPoolExecutor(max_workers=1)  # one thread: updates stay in order
+        self._pending: list[Future] = []
+
+    def write(self, data: bytes) -> int:
+        # a copy: torch may reuse the buffer once write() returns
+        self._pending.append(self._pool.submit(self.digest.update, bytes(data)))
+        self.size += len(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def hexdigest(self) -> str:
+        for future in self._pending:
+            future.result()
+        self._pool.shutdown()
+        return self.digest.hexdigest()
+
+
 def _save_file(obj: Any, path: Path) -> dict[str, Any]:
     """torch.save to a temporary name, fsync, rename; returns size and SHA-256."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            writer = _HashingWriter(fh)
+            torch.save(obj, writer)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-    return {"bytes": size, "sha256": digest.hexdigest()}
+    return {"bytes": writer.size, "sha256": writer.hexdigest()}
 
 
 def rng_state() -> dict[str, Any]:
@@ -202,6 +225,14 @@ def load_file(path: Path, name: str) -> Any:
     if not file.is_file():
         return None
     return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def apply_retention_in_background(run_dir: Path, keep_last: int, best_step: int | None, current: Path) -> threading.Thread:
+    """Deleting a large old checkpoint takes a while; training need not wait for it."""
+    thread = threading.Thread(target=apply_retention, args=(run_dir, keep_last, best_step, current),
+                              name="checkpoint-retention", daemon=True)
+    thread.start()
+    return thread
 
 
 def apply_retention(run_dir: Path, keep_last: int, best_step: int | None, current: Path | None = None) -> list[Path]:

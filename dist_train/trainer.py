@@ -89,6 +89,7 @@ class Trainer:
         self._rng_to_restore: dict[str, Any] | None = None
         self.wandb_run_id: str | None = None
         self.finished = self.early_stopped = False
+        self._retention = None  # the thread deleting old checkpoints
 
     # ------------------------------------------------------------ the loop
 
@@ -121,6 +122,8 @@ class Trainer:
         tracker.log("test", step=self.global_step, test_loss=test["loss"], test_accuracy=test["accuracy"])
         self.finished, self.early_stopped = True, early_stopped
         self.save_checkpoint()  # the end of the run (marked finished)
+        if self._retention is not None:
+            self._retention.join()
         return FitResult(self.strategy.model, self.global_step, self.last_val, test, early_stopped=early_stopped)
 
     def train_epoch(self) -> int:
@@ -214,6 +217,8 @@ class Trainer:
         self.tracker.log("stop", epoch=self.epoch, step=self.global_step, signal=self.stop.signal_name or "another rank")
         if self.last_saved_step != self.global_step:
             self.save_checkpoint()
+        if self._retention is not None:
+            self._retention.join()
         return FitResult(self.strategy.model, self.global_step, self.last_val, stopped=True)
 
     # ------------------------------------------------------------ checkpoints
@@ -251,7 +256,9 @@ class Trainer:
         self.last_saved_step = self.global_step
         if self.env.is_rank0:
             best = self.best_checkpoint[1] if self.best_checkpoint and self.cfg.checkpoint.keep_best else None
-            ckpt.apply_retention(self.run_dir, self.cfg.checkpoint.keep_last, best, current=path)
+            if self._retention is not None:
+                self._retention.join()  # one deletion at a time
+            self._retention = ckpt.apply_retention_in_background(self.run_dir, self.cfg.checkpoint.keep_last, best, path)
         return path
 
     def restore(self, info: ckpt.CheckpointInfo) -> None:
