@@ -148,6 +148,18 @@ class DistConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    # auto: online when an API key is configured (WANDB_API_KEY or `wandb login`),
+    # offline otherwise (sync later with `wandb sync`); disabled: no W&B at all
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "dist-train"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: tuple[str, ...] = ()
+    name: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     dir: str = "runs/default"
     progress: bool = True
@@ -168,6 +180,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------- loading
@@ -384,6 +397,8 @@ def validate(config: Config) -> None:
     _at_least("checkpoint.every_steps", ck.every_steps, 0)
     _at_least("checkpoint.every_epochs", ck.every_epochs, 0)
     _positive("checkpoint.keep_last", ck.keep_last)
+    if not config.wandb.project:
+        raise ConfigError("wandb.project", "is empty", "name the W&B project, e.g. dist-train")
     if not config.run.resume:
         raise ConfigError("run.resume", "is empty", "auto, never, or the path of a checkpoint directory")
     _positive("dist.timeout_s", config.dist.timeout_s)

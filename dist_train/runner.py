@@ -18,12 +18,12 @@ import torch.distributed as dist
 
 from dist_train import checkpoint as ckpt
 from dist_train.callbacks import EXIT_RESUME, StopRequest
-from dist_train.config import Config, dump_yaml
+from dist_train.config import Config, dump_yaml, to_dict
 from dist_train.distributed import barrier, process_group
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError, TrainingFailed
 from dist_train.resolve import resolve
-from dist_train.tracking import NullTracker, Tracker
+from dist_train.tracking import NullTracker, Tracker, WandbSink
 from dist_train.trainer import Trainer
 
 
@@ -61,20 +61,18 @@ def _train(cfg: Config, env: DistEnv, resolved, stop: StopRequest, trainer_class
         return 0
     tracker: Tracker = NullTracker()
     if env.is_rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-        lines = None
-        if start_from is not None:
-            lines = ckpt.load_file(start_from.path, "trainer.pt")["metrics_lines"]
-        tracker = Tracker(run_dir, truncate_to=lines)
+        tracker = _rank0_tracker(cfg, run_dir, start_from)
     barrier(env)
+    exit_code = 1
     try:
         trainer = trainer_class(cfg, env, resolved, tracker, run_dir=run_dir, stop=stop)
+        trainer.wandb_run_id = tracker.run_id
         if start_from is not None:
             trainer.restore(start_from)
         result = trainer.fit()
+        exit_code = EXIT_RESUME if result.stopped else 0
     finally:
-        tracker.close()
+        tracker.close(exit_code)
     # Free DDP's reducer (it sits in reference cycles) while the process group
     # still exists, and let every rank finish before anyone tears down: a
     # gloo peer that vanishes mid-teardown aborts the others.
@@ -87,6 +85,20 @@ def _train(cfg: Config, env: DistEnv, resolved, stop: StopRequest, trainer_class
                   f"again to resume (exit status {EXIT_RESUME}).", file=sys.stderr, flush=True)
         return EXIT_RESUME
     return 0
+
+
+def _rank0_tracker(cfg: Config, run_dir: Path, start_from: ckpt.CheckpointInfo | None) -> Tracker:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+    lines = run_id = None
+    if start_from is not None:
+        saved = ckpt.load_file(start_from.path, "trainer.pt")
+        lines, run_id = saved["metrics_lines"], saved["wandb_run_id"]
+    sink = None
+    if cfg.wandb.mode != "disabled":
+        sink = WandbSink(cfg.wandb, run_dir, to_dict(cfg), run_id)
+    progress = cfg.run.progress and sys.stderr.isatty()
+    return Tracker(run_dir, truncate_to=lines, sink=sink, progress=progress)
 
 
 def _choose_start(cfg: Config, env: DistEnv, run_dir: Path) -> ckpt.CheckpointInfo | None:

@@ -90,6 +90,10 @@ class Trainer:
         self.wandb_run_id: str | None = None
         self.finished = self.early_stopped = False
         self._retention = None  # the thread deleting old checkpoints
+        self.last_grad_norm = torch.zeros(())
+        # the metric whose best value the logs carry: early stopping's, else the checkpoints'
+        self.monitor = cfg.early_stopping.monitor if cfg.early_stopping.enabled else cfg.checkpoint.monitor
+        self.best_monitored: float | None = None
 
     # ------------------------------------------------------------ the loop
 
@@ -106,8 +110,7 @@ class Trainer:
             seconds = time.perf_counter() - start
             if self._stop_agreed():
                 return self._stop_for_resume()
-            self.end_of_epoch(samples, seconds)
-            early_stopped = self.early_stopping.update(self.epoch - 1, self.last_val, self.strategy.model)
+            early_stopped = self.end_of_epoch(samples, seconds)
             if early_stopped:
                 tracker.log("early_stop", epoch=self.epoch - 1, step=self.global_step, monitor=self.cfg.early_stopping.monitor,
                             best=self.early_stopping.best, best_epoch=self.early_stopping.best_epoch)
@@ -144,7 +147,8 @@ class Trainer:
             self.tracker.log("lr", step=self.global_step, lr=lr)
             if self.global_step % cfg.train.log_every_steps == 0:
                 self.tracker.log("train", epoch=self.epoch, step=self.global_step,
-                                 loss=self.running_loss.mean("interval", self.env), lr=lr)
+                                 loss=self.running_loss.mean("interval", self.env), lr=lr,
+                                 grad_norm=float(self.last_grad_norm))
             if cfg.checkpoint.every_steps and self.global_step % cfg.checkpoint.every_steps == 0:
                 self.save_checkpoint()
             if self.global_step % cfg.train.stop_check_every_steps == 0 and self._stop_agreed():
@@ -170,6 +174,7 @@ class Trainer:
             step_loss += loss_sum.detach()
             count += batch.targets.shape[0]
         norm = strategy.grad_norm(self.cfg.train.grad_clip_norm)
+        self.last_grad_norm = norm
         if bool(torch.isfinite(norm)):
             strategy.optimizer_step()
             self.running_loss.add(step_loss, count)
@@ -183,18 +188,28 @@ class Trainer:
             f"{self.global_step + 1}; the weights were not updated. Lower optim.lr, set train.grad_clip_norm, "
             f"check the inputs for NaN, or set train.nonfinite=skip to skip such steps")
 
-    def end_of_epoch(self, samples: int, seconds: float) -> None:
+    def end_of_epoch(self, samples: int, seconds: float) -> bool:
+        """Validation, LR plateau, early stopping, the epoch record; True to stop early."""
         val = self.evaluate("val")
         self.last_val = {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
         if self.schedule.end_of_epoch(self.last_val):
             self.tracker.log("lr_reduced", epoch=self.epoch, step=self.global_step,
                              lr=self.schedule.lr(self.global_step, self.epoch + 1))
+        value = self.last_val[self.monitor]
+        if better(value, self.best_monitored, metric_mode(self.monitor)):
+            self.best_monitored = value
+        stop = self.early_stopping.update(self.epoch, self.last_val, self.strategy.model)
+        extra = {}
+        if self.cfg.early_stopping.enabled:
+            extra = {"early_stopping_best": self.early_stopping.best, "early_stopping_bad_epochs": self.early_stopping.bad_epochs}
         self.tracker.log("epoch", epoch=self.epoch, step=self.global_step,
                          train_loss=self.running_loss.mean("epoch", self.env),
-                         val_loss=val["loss"], val_accuracy=val["accuracy"], epoch_seconds=round(seconds, 4),
-                         samples_per_s=samples / seconds if seconds > 0 else float("nan"))
+                         val_loss=val["loss"], val_accuracy=val["accuracy"], lr=self.schedule.lr(self.global_step, self.epoch),
+                         epoch_seconds=round(seconds, 4), samples_per_s=samples / seconds if seconds > 0 else float("nan"),
+                         **{f"best_{self.monitor}": self.best_monitored}, **extra)
         self.epoch += 1
         self.step_in_epoch = 0
+        return stop
 
     def evaluate(self, split_name: str) -> dict[str, float]:
         batches = self.data.eval_batches(split_name, EVAL_BATCH_SIZE)
@@ -240,6 +255,7 @@ class Trainer:
                 "early_stopping": self.early_stopping.state_dict(),
                 "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step},
                 "last_val": dict(self.last_val), "best_checkpoint": list(self.best_checkpoint or []),
+                "best_monitored": self.best_monitored,
                 "metrics_lines": self.tracker.lines, "wandb_run_id": self.wandb_run_id,
                 "config": dump_yaml(self.cfg), "world_size": self.env.world_size,
                 "data_source": self.cfg.data.source, "finished": self.finished}
@@ -274,7 +290,8 @@ class Trainer:
         self.last_val = dict(trainer["last_val"])
         best = trainer["best_checkpoint"]
         self.best_checkpoint = (float(best[0]), int(best[1])) if best else None
-        self.wandb_run_id = trainer["wandb_run_id"]
+        self.wandb_run_id = trainer["wandb_run_id"] or self.wandb_run_id
+        self.best_monitored = trainer["best_monitored"]
         same_shape = int(trainer["world_size"]) == self.env.world_size
         mine = ckpt.load_file(info.path, f"rank-{self.env.rank:05d}.pt")
         if same_shape and mine is not None:

@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_prep.add_argument("--num-samples", type=int, default=4096, help="synthetic: samples")
     p_prep.add_argument("--input-shape", default="1,28,28", help="synthetic: C,H,W for uint8 images or F for features")
     p_prep.add_argument("--num-classes", type=int, default=10, help="synthetic: classes")
+    p_report = sub.add_parser(
+        "report", help="draw loss, accuracy and learning-rate curves of run directories into a PNG",
+        description="Read RUN_DIR/metrics.jsonl of one or more runs and draw training and validation loss, "
+                    "validation (and test) accuracy and the learning rate against the optimizer step; "
+                    "several runs are overlaid for comparison.",
+    )
+    p_report.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories (run.dir)")
+    p_report.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/report.png of the first run)")
     return parser
 
 
@@ -90,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_launch(args)
         if args.command == "prepare":
             return cmd_prepare(args)
+        if args.command == "report":
+            return cmd_report(args)
     except DistTrainError as exc:
         print(f"dist-train: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
@@ -119,6 +129,16 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if world_size is not None:
         resolve(cfg, world_size)
     return launch(args, args.config, overrides)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dist_train.report import draw_report
+
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report.png"
+    print(f"wrote {draw_report([Path(d) for d in args.run_dirs], out)}")
+    return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -1,0 +1,65 @@
+"""`dist-train report`: loss, accuracy and learning-rate curves from one or
+more run directories' metrics.jsonl, drawn into one PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dist_train.errors import DistTrainError
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise DistTrainError(f"{run_dir} has no metrics.jsonl; pass a run directory (run.dir of a run)")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise DistTrainError(f"{path}, line {number}, is not JSON; the file is damaged") from None
+    return records
+
+
+def draw_report(run_dirs: list[Path], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for index, run_dir in enumerate(run_dirs):
+        records = read_records(run_dir)
+        color = f"C{index % 10}"
+        label = Path(run_dir).name
+        train = [r for r in records if r["event"] == "train"]
+        epochs = [r for r in records if r["event"] == "epoch"]
+        lrs = [r for r in records if r["event"] == "lr"]
+        if epochs:  # the epoch's mean training loss; the periodic records when there is no epoch yet
+            ax_loss.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], color=color, linestyle="--",
+                         label=f"{label} train")
+        elif train:
+            ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color=color, linestyle="--",
+                         label=f"{label} train")
+        if epochs:
+            steps = [r["step"] for r in epochs]
+            ax_loss.plot(steps, [r["val_loss"] for r in epochs], color=color, marker="o", label=f"{label} validation")
+            ax_acc.plot(steps, [r["val_accuracy"] for r in epochs], color=color, marker="o", label=f"{label} validation")
+        for test in (r for r in records if r["event"] == "test"):
+            ax_acc.scatter([test["step"]], [test["test_accuracy"]], color=color, marker="*", s=120, label=f"{label} test")
+        if lrs:
+            ax_lr.plot([r["step"] for r in lrs], [r["lr"] for r in lrs], color=color, label=label)
+    for ax, title, ylabel in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy"), (ax_lr, "learning rate", "lr")):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,161 @@
+"""Monitoring: one W&B run per job read back with W&B's own reader, the same
+run after a resume, W&B failures that never stop training, no API key on
+disk, a progress bar on a terminal, and `dist-train report`."""
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dist_train.config import load_config
+from dist_train.env import DistEnv
+from dist_train.runner import run
+from tests.conftest import REPO
+
+SMALL = ["data.source=synthetic", "data.num_samples=300", "data.num_features=8", "data.num_classes=3",
+         "model.hidden_sizes=[8]", "train.global_batch_size=32", "train.epochs=3", "dist.device=cpu",
+         "train.log_every_steps=5", "train.stop_check_every_steps=1", "wandb.mode=offline"]
+
+
+def leet(path, *flags):
+    proc = subprocess.run(["wandb", "leet", "inspect", *flags, "--json", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def history(run_path):
+    rows = [json.loads(line) for line in leet(run_path).splitlines() if line.strip()]
+    return [r["history"]["item"] for r in rows if r.get("type") == "history"]
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def offline_runs(run_dir):
+    return sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_two_worker_job_is_one_wandb_run_equal_to_metrics_jsonl(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "launcher", "launch", "--nproc-per-node", "2", "configs/cpu_test.yaml",
+                           f"run.dir={tmp_path}", "wandb.mode=offline", "wandb.tags=[ci,cpu]", "wandb.group=tests"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = offline_runs(tmp_path)
+    assert len(runs) == 1  # rank 0 alone made a run
+    summary = json.loads(leet(runs[0], "--summary"))
+    assert summary["state"] == "finished" and summary["project"] == "dist-train" and summary["tags"] == ["ci", "cpu"]
+    assert summary["config"] == yaml.safe_load((tmp_path / "config.yaml").read_text())  # the resolved config
+    records = metrics(tmp_path)
+    rows = history(runs[0])
+    assert len(rows) == len(records)
+    for index, (row, record) in enumerate(zip(rows, records)):
+        assert row["_step"] == index
+        assert {k: v for k, v in row.items() if not k.startswith("_")} == record
+    val_losses = [r["val_loss"] for r in records if r["event"] == "epoch"]
+    assert summary["summary"]["best_val_loss"] == min(val_losses)
+    assert {r["event"] for r in records} >= {"start", "lr", "train", "epoch", "test", "checkpoint"}
+    train = [r for r in records if r["event"] == "train"][0]
+    assert {"loss", "lr", "grad_norm"} <= set(train)
+    epoch = [r for r in records if r["event"] == "epoch"][0]
+    assert {"train_loss", "val_loss", "val_accuracy", "lr", "samples_per_s", "epoch_seconds"} <= set(epoch)
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+    from tests.test_resume import stopping_trainer
+
+    assert run(load_config(None, [*SMALL, f"run.dir={tmp_path}", "checkpoint.every_steps=4"]), DistEnv(),
+               stopping_trainer(10)) == 75
+    first_lines = len(metrics(tmp_path))
+    assert run(load_config(None, [*SMALL, f"run.dir={tmp_path}", "checkpoint.every_steps=4"]), DistEnv()) == 0
+    first, second = offline_runs(tmp_path)
+    ids = {json.loads(leet(p, "--summary"))["run_id"] for p in (first, second)}
+    assert len(ids) == 1  # one run id for the whole job
+    before, after = history(first), history(second)
+    resume_line = next(i for i, r in enumerate(metrics(tmp_path)) if r["event"] == "resume")
+    assert len(before) == first_lines
+    assert after[0]["_step"] == resume_line > 0  # steps go on, not from 0
+    assert after[-1]["_step"] == len(metrics(tmp_path)) - 1
+
+
+def test_wandb_failing_to_start_warns_once_and_training_completes(tmp_path, capsys):
+    (tmp_path / "wandb").write_text("a file where W&B wants its directory")
+    assert run(load_config(None, [*SMALL, f"run.dir={tmp_path}"]), DistEnv()) == 0
+    err = capsys.readouterr().err
+    assert err.count("W&B could not start") == 1 and "training goes on with local logging" in err
+    assert any(r["event"] == "test" for r in metrics(tmp_path))
+
+
+def test_the_api_key_is_never_written_or_printed(tmp_path, monkeypatch, capfd):
+    key = "0123456789abcdef0123456789abcdef01234567"  # not a real key
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    assert run(load_config(None, [*SMALL, f"run.dir={tmp_path}"]), DistEnv()) == 0
+    out = capfd.readouterr()
+    assert key not in out.out and key not in out.err
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+
+
+def test_disabled_wandb_writes_only_local_metrics(tmp_path):
+    assert run(load_config(None, [*SMALL, f"run.dir={tmp_path}", "wandb.mode=disabled"]), DistEnv()) == 0
+    assert not (tmp_path / "wandb").exists() and metrics(tmp_path)
+
+
+def run_in(terminal: bool, run_dir):
+    cmd = [sys.executable, "-m", "launcher", "run", "configs/cpu_test.yaml", f"run.dir={run_dir}",
+           "wandb.mode=disabled", "train.epochs=2", "run.progress=true"]
+    if not terminal:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+        return proc.returncode, proc.stdout + proc.stderr
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=follower, stdout=follower, stderr=follower, cwd=REPO, close_fds=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(tmp_path):
+    code, text = run_in(True, tmp_path / "tty")
+    assert code == 0 and "step/s" in text and "[epoch]" in text
+    code, text = run_in(False, tmp_path / "pipe")
+    assert code == 0 and "step/s" not in text and text.count("[epoch]") == 2
+
+
+def test_report_draws_the_curves_of_several_runs(tmp_path):
+    for name, lr in (("a", "0.01"), ("b", "0.05")):
+        assert run(load_config(None, [*SMALL, f"run.dir={tmp_path / name}", f"optim.lr={lr}", "wandb.mode=disabled",
+                                      "schedule.name=cosine"]), DistEnv()) == 0
+    out = tmp_path / "cmp.png"
+    proc = subprocess.run([sys.executable, "-m", "launcher", "report", str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(out)[..., :3]
+    assert (pixels < 0.9).any(axis=2).mean() > 0.01  # not blank
+
+    def has(rgb):  # matplotlib's first two line colours: one per run
+        return (np.abs(pixels - np.array(rgb) / 255).max(axis=2) < 0.05).sum() > 50
+    assert has((31, 119, 180)) and has((255, 127, 14))
+    missing = subprocess.run([sys.executable, "-m", "launcher", "report", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert missing.returncode == 2 and "has no metrics.jsonl" in missing.stderr
