@@ -144,7 +144,8 @@ class Trainer:
             samples += step.global_count
             self.global_step += 1
             self.step_in_epoch = step.step + 1
-            self.tracker.log("lr", step=self.global_step, lr=lr)
+            if cfg.train.lr_every_step:
+                self.tracker.log("lr", step=self.global_step, lr=lr)
             if self.global_step % cfg.train.log_every_steps == 0:
                 self.tracker.log("train", epoch=self.epoch, step=self.global_step,
                                  loss=self.running_loss.mean("interval", self.env), lr=lr,
