@@ -121,16 +121,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, global_step: int, env: DistEnv, shared: dict[str, Any],
-                    per_rank: dict[str, Any], info: dict[str, Any]) -> Path:
+                    per_rank: dict[str, Any], info: dict[str, Any], group: Any = None) -> Path:
     """Write one checkpoint. Collective: every rank calls it at the same step.
     `shared` (rank 0 only): name -> object for files written once (model, trainer, ...);
-    `per_rank`: this rank's own state; `info`: progress and metrics for the manifest."""
+    `per_rank`: this rank's own state; `info`: progress and metrics for the manifest;
+    `group`: the process group to coordinate on (default: the main one)."""
+
+    def sync() -> None:
+        if env.is_distributed:
+            dist.barrier(group=group)
+
     path = checkpoint_root(run_dir) / f"{PREFIX}{global_step:08d}"
     if env.is_rank0:
         if path.exists():  # an earlier, unfinished save of the same step
             shutil.rmtree(path)
         path.mkdir(parents=True)
-    barrier(env)
+    sync()
     files: dict[str, Any] = {}
     if env.is_rank0:
         for name, obj in shared.items():
@@ -138,9 +144,9 @@ def save_checkpoint(run_dir: Path, global_step: int, env: DistEnv, shared: dict[
     files[f"rank-{env.rank:05d}.pt"] = _save_file(per_rank, path / f"rank-{env.rank:05d}.pt")
     if env.is_distributed:
         gathered: list = [None] * env.world_size
-        dist.all_gather_object(gathered, files)
+        dist.all_gather_object(gathered, files, group=group)
         files = {k: v for part in gathered for k, v in part.items()}
-    barrier(env)
+    sync()
     if env.is_rank0:
         manifest = {"format": "dist-train-checkpoint/1", "global_step": global_step, "world_size": env.world_size,
                     **info, "files": files}
@@ -151,7 +157,7 @@ def save_checkpoint(run_dir: Path, global_step: int, env: DistEnv, shared: dict[
             os.fsync(fh.fileno())
         os.replace(tmp, path / MANIFEST)
         _fsync_dir(path)
-    barrier(env)
+    sync()
     return path
 
 
@@ -227,12 +233,68 @@ def load_file(path: Path, name: str) -> Any:
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def apply_retention_in_background(run_dir: Path, keep_last: int, best_step: int | None, current: Path) -> threading.Thread:
-    """Deleting a large old checkpoint takes a while; training need not wait for it."""
-    thread = threading.Thread(target=apply_retention, args=(run_dir, keep_last, best_step, current),
-                              name="checkpoint-retention", daemon=True)
-    thread.start()
-    return thread
+def snapshot(obj: Any, reuse: Any = None) -> Any:
+    """A copy of every tensor in a nested state (on the CPU), so training can go
+    on changing the originals while the copy is written. Tensors of an earlier
+    snapshot with the same structure are reused: copying into memory already
+    touched is several times faster than into fresh pages."""
+    if isinstance(obj, torch.Tensor):
+        if (isinstance(reuse, torch.Tensor) and reuse.shape == obj.shape and reuse.dtype == obj.dtype
+                and reuse.device.type == "cpu"):
+            return reuse.copy_(obj.detach())
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        prev = reuse if isinstance(reuse, dict) else {}
+        return {k: snapshot(v, prev.get(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        prev = reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(obj) else [None] * len(obj)
+        return type(obj)(snapshot(v, p) for v, p in zip(obj, prev))
+    return obj
+
+
+class AsyncCheckpointer:
+    """Saves in the background: the state is copied in memory at the step
+    boundary (the only stall), then a thread writes, hashes, gathers the digests
+    and writes the manifest, coordinating over a gloo group of its own so it
+    never interleaves with the training's collectives. One save at a time; a
+    save that fails is raised at the next save or at `wait()`. A save that is
+    cut short leaves no manifest, so the previous checkpoint stays the latest."""
+
+    def __init__(self, env: DistEnv, timeout_s: float) -> None:
+        self.env = env
+        self.group = None
+        if env.is_distributed:  # collective: every rank creates it at the same point
+            import datetime
+
+            self.group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._last: tuple[Any, Any] = (None, None)
+
+    def save(self, run_dir: Path, global_step: int, shared: dict[str, Any], per_rank: dict[str, Any],
+             info: dict[str, Any], after: Any = None) -> None:
+        self.wait()  # the previous save is written: its copy can be reused
+        shared, per_rank = snapshot(shared, self._last[0]), snapshot(per_rank, self._last[1])
+        self._last = (shared, per_rank)
+
+        def work() -> None:
+            try:
+                path = save_checkpoint(run_dir, global_step, self.env, shared, per_rank, info, group=self.group)
+                if after is not None:
+                    after(path)
+            except BaseException as exc:  # reported on the training thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name=f"checkpoint-{global_step}", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise DistTrainError(f"saving a checkpoint failed: {type(error).__name__}: {error}") from error
 
 
 def apply_retention(run_dir: Path, keep_last: int, best_step: int | None, current: Path | None = None) -> list[Path]:

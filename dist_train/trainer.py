@@ -24,7 +24,7 @@ from dist_train.data import build_data
 from dist_train.data.loader import TrainStep
 from dist_train.distributed import agree_any
 from dist_train.env import DistEnv
-from dist_train.errors import TrainingFailed
+from dist_train.errors import DistTrainError, TrainingFailed
 from dist_train.losses import build_loss
 from dist_train.metrics import RunningMean, evaluate
 from dist_train.models import build_model
@@ -89,7 +89,7 @@ class Trainer:
         self._rng_to_restore: dict[str, Any] | None = None
         self.wandb_run_id: str | None = None
         self.finished = self.early_stopped = False
-        self._retention = None  # the thread deleting old checkpoints
+        self.checkpointer: ckpt.AsyncCheckpointer | None = None  # made at the first save
         self.last_grad_norm = torch.zeros(())
         # the metric whose best value the logs carry: early stopping's, else the checkpoints'
         self.monitor = cfg.early_stopping.monitor if cfg.early_stopping.enabled else cfg.checkpoint.monitor
@@ -98,6 +98,18 @@ class Trainer:
     # ------------------------------------------------------------ the loop
 
     def fit(self) -> FitResult:
+        try:
+            return self._fit()
+        except BaseException:
+            # let a save in flight finish (or fail) before the error leaves: its
+            # thread must not outlive the process group it coordinates on
+            try:
+                self.wait_for_checkpoint()
+            except DistTrainError:
+                pass
+            raise
+
+    def _fit(self) -> FitResult:
         t, tracker = self.cfg.train, self.tracker
         if self.global_step == 0:
             tracker.log("start", world_size=self.env.world_size, global_batch_size=self.resolved.global_batch_size,
@@ -125,8 +137,7 @@ class Trainer:
         tracker.log("test", step=self.global_step, test_loss=test["loss"], test_accuracy=test["accuracy"])
         self.finished, self.early_stopped = True, early_stopped
         self.save_checkpoint()  # the end of the run (marked finished)
-        if self._retention is not None:
-            self._retention.join()
+        self.wait_for_checkpoint()
         return FitResult(self.strategy.model, self.global_step, self.last_val, test, early_stopped=early_stopped)
 
     def train_epoch(self) -> int:
@@ -233,8 +244,7 @@ class Trainer:
         self.tracker.log("stop", epoch=self.epoch, step=self.global_step, signal=self.stop.signal_name or "another rank")
         if self.last_saved_step != self.global_step:
             self.save_checkpoint()
-        if self._retention is not None:
-            self._retention.join()
+        self.wait_for_checkpoint()
         return FitResult(self.strategy.model, self.global_step, self.last_val, stopped=True)
 
     # ------------------------------------------------------------ checkpoints
@@ -267,16 +277,21 @@ class Trainer:
                 "early_stopped": self.early_stopped, **self.last_val}
         # logged first, so the line count the checkpoint keeps includes it
         self.tracker.log("checkpoint", epoch=self.epoch, step=self.global_step, finished=self.finished)
+        after = None
         if self.env.is_rank0:
             shared["trainer"]["metrics_lines"] = self.tracker.lines
-        path = ckpt.save_checkpoint(self.run_dir, self.global_step, self.env, shared, per_rank, info)
-        self.last_saved_step = self.global_step
-        if self.env.is_rank0:
             best = self.best_checkpoint[1] if self.best_checkpoint and self.cfg.checkpoint.keep_best else None
-            if self._retention is not None:
-                self._retention.join()  # one deletion at a time
-            self._retention = ckpt.apply_retention_in_background(self.run_dir, self.cfg.checkpoint.keep_last, best, path)
-        return path
+            run_dir, keep = self.run_dir, self.cfg.checkpoint.keep_last
+            after = lambda path: ckpt.apply_retention(run_dir, keep, best, current=path)  # noqa: E731
+        if self.checkpointer is None:
+            self.checkpointer = ckpt.AsyncCheckpointer(self.env, self.cfg.dist.timeout_s)
+        self.checkpointer.save(self.run_dir, self.global_step, shared, per_rank, info, after)
+        self.last_saved_step = self.global_step
+        return ckpt.checkpoint_root(self.run_dir) / f"{ckpt.PREFIX}{self.global_step:08d}"
+
+    def wait_for_checkpoint(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
 
     def restore(self, info: ckpt.CheckpointInfo) -> None:
         """Continue from a checkpoint every rank agreed on."""
