@@ -24,7 +24,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dist_train.distributed import barrier
+from dist_train.atomic import atomic_file
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
 
@@ -83,17 +82,9 @@ class _HashingWriter:
 
 def _save_file(obj: Any, path: Path) -> dict[str, Any]:
     """torch.save to a temporary name, fsync, rename; returns size and SHA-256."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer = _HashingWriter(fh)
-            torch.save(obj, writer)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as fh:
+        writer = _HashingWriter(fh)
+        torch.save(obj, writer)
     return {"bytes": writer.size, "sha256": writer.hexdigest()}
 
 
@@ -150,12 +141,8 @@ def save_checkpoint(run_dir: Path, global_step: int, env: DistEnv, shared: dict[
     if env.is_rank0:
         manifest = {"format": "dist-train-checkpoint/1", "global_step": global_step, "world_size": env.world_size,
                     **info, "files": files}
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{MANIFEST}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
+        with atomic_file(path / MANIFEST) as fh:
             json.dump(manifest, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path / MANIFEST)
         _fsync_dir(path)
     sync()
     return path

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from dist_train import checkpoint as ckpt
+from dist_train.atomic import write_atomic
 from dist_train.callbacks import EXIT_RESUME, StopRequest
 from dist_train.config import Config, dump_yaml, to_dict
 from dist_train.distributed import barrier, process_group
@@ -146,18 +146,3 @@ def _is_lost_peer(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(word in text for word in ("connection closed by peer", "connection reset", "timed out", "timeout",
                                          "broken pipe", "gloo", "nccl", "socket"))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name in the same directory, fsync, rename: a reader
-    sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dist_train.checkpoint import (MANIFEST, apply_retention, find_latest_valid, list_checkpoints, rng_state,
-                                   save_checkpoint, set_rng_state, verify_checkpoint)
+                                   set_rng_state, verify_checkpoint)
 from dist_train.config import load_config
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError

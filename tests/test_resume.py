@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dist_train.callbacks import EXIT_RESUME
-from dist_train.checkpoint import find_latest_valid, list_checkpoints
+from dist_train.checkpoint import find_latest_valid
 from dist_train.config import load_config
 from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.env import DistEnv

@@ -228,7 +228,7 @@ def test_gradcheck_single_process():
 
 # ------------------------------------------------------------ in the trainer
 
-CNN = [f"model.sync_batchnorm={{}}", "train.max_steps=8", "train.grad_accum_steps=1", "dist.device=cpu",
+CNN = ["model.sync_batchnorm={}", "train.max_steps=8", "train.grad_accum_steps=1", "dist.device=cpu",
        "optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9", "optim.weight_decay=0", "train.global_batch_size=16"]
 
 
