@@ -96,7 +96,7 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = "stop"
     # how often the ranks agree on a pending stop request (SIGTERM/SIGUSR1); one
     # small all-reduce each time
-    stop_check_every_steps: int = 10
+    stop_check_every_steps: int = 50
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ the uninterrupted one bit for bit (same world size)."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,19 +178,18 @@ class Trainer:
         to every rank: all ranks see the same norm and take the same decision."""
         strategy = self.strategy
         last = len(step.micro_batches) - 1
-        step_loss = torch.zeros((), dtype=torch.float64, device=self.env.device)
-        count = 0
+        losses = []
         for i, batch in enumerate(step.micro_batches):
             with strategy.micro_step(sync=i == last):
                 loss_sum = self.loss_fn(strategy.train_model(batch.inputs), batch.targets)
                 strategy.backward(loss_sum, step.global_count)
-            step_loss += loss_sum.detach()
-            count += batch.targets.shape[0]
+            losses.append((loss_sum, batch.targets.shape[0]))
         norm = strategy.grad_norm(self.cfg.train.grad_clip_norm)
         self.last_grad_norm = norm
-        if bool(torch.isfinite(norm)):
+        if math.isfinite(float(norm)):
             strategy.optimizer_step()
-            self.running_loss.add(step_loss, count)
+            for loss_sum, count in losses:  # only kept steps count towards the logged loss
+                self.running_loss.add(loss_sum, count)
             return
         strategy.skip_step()  # the weights stay as they were: no checkpoint ever holds NaN weights
         if self.cfg.train.nonfinite == "skip":

@@ -105,11 +105,15 @@ def worker(args: argparse.Namespace) -> None:
                 dist.barrier()
                 return samples / (time.perf_counter() - start)
 
+            def dist_train_epoch(epoch: int) -> int:
+                trainer.epoch, trainer.step_in_epoch = epoch, 0
+                return trainer.train_epoch()
+
             hand, ours = [], []
             timed(handwritten_epoch, 0)  # warm-up both paths
-            timed(trainer.train_epoch, 0)
+            timed(dist_train_epoch, 0)
             for r in range(args.rounds):
-                pair = [("hand", handwritten_epoch), ("ours", trainer.train_epoch)]
+                pair = [("hand", handwritten_epoch), ("ours", dist_train_epoch)]
                 for name, fn in pair if r % 2 == 0 else pair[::-1]:
                     (hand if name == "hand" else ours).append(timed(fn, r + 1))
             h = len(hand) / sum(1 / v for v in hand)  # all samples over all time (equal samples per round)

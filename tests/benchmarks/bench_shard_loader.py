@@ -100,7 +100,8 @@ def consumption_worker(out: str, samples: int) -> None:
             for epoch in range(4):
                 dist.barrier()
                 start = time.perf_counter()
-                n = trainer.train_epoch(epoch)
+                trainer.epoch, trainer.step_in_epoch = epoch, 0
+                n = trainer.train_epoch()
                 dist.barrier()
                 rates.append(n / (time.perf_counter() - start))
             result[name] = statistics.median(rates[1:]) / env.world_size  # per rank
