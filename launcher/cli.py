@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_prep.add_argument("--num-samples", type=int, default=4096, help="synthetic: samples")
     p_prep.add_argument("--input-shape", default="1,28,28", help="synthetic: C,H,W for uint8 images or F for features")
     p_prep.add_argument("--num-classes", type=int, default=10, help="synthetic: classes")
+    p_slurm = sub.add_parser("slurm", help="SLURM: render and submit sbatch scripts",
+                             description="Work with a SLURM cluster. See slurm/ for the templates.")
+    slurm_sub = p_slurm.add_subparsers(dest="slurm_command", metavar="SLURM_COMMAND", required=True)
+    p_submit = slurm_sub.add_parser(
+        "submit", help="render an sbatch template for CONFIG and submit it with sbatch",
+        description="Render slurm/cpu.sbatch (no GPUs), slurm/single_node_gpu.sbatch (one node) or "
+                    "slurm/multi_node.sbatch (--nodes > 1) for CONFIG and submit it; --dry-run prints it. "
+                    "The config is checked first. Prints the job id and where the log goes.")
+    from launcher.slurm_submit import add_submit_arguments
+
+    add_submit_arguments(p_submit)
+
     p_report = sub.add_parser(
         "report", help="draw loss, accuracy and learning-rate curves of run directories into a PNG",
         description="Read RUN_DIR/metrics.jsonl of one or more runs and draw training and validation loss, "
@@ -100,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prepare(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "slurm":
+            from launcher.slurm_submit import submit
+
+            return submit(args)
     except DistTrainError as exc:
         print(f"dist-train: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
@@ -111,7 +127,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dist_train.env import DistEnv
     from dist_train.runner import run
 
+    import os
+
+    import torch
+
+    from launcher.slurm_env import torch_env_from_slurm
+
     cfg = load_config(args.config, [*args.overrides, *resume_overrides(args)])
+    gpus = torch.cuda.device_count() if cfg.dist.device != "cpu" else 0
+    os.environ.update(torch_env_from_slurm(os.environ, gpus))  # under srun: SLURM's ranks as torch's
     env = DistEnv.from_env(device=cfg.dist.device)
     return run(cfg, env)
 
