@@ -66,11 +66,6 @@ def agree_any(flag: bool, env: DistEnv) -> bool:
     return bool(t.item() > 0)
 
 
-def agree_all(flag: bool, env: DistEnv) -> bool:
-    """True on every rank only when it is True on all of them."""
-    return not agree_any(not flag, env)
-
-
 def barrier(env: DistEnv) -> None:
     if env.is_distributed:
         dist.barrier()

@@ -143,7 +143,6 @@ class Tracker:
                 path.write_text("".join(kept))
             self.lines = sum(1 for _ in open(path)) if path.exists() else 0
             self._file = open(path, "a", buffering=1)
-        self.events: list[dict[str, Any]] = []
 
     @property
     def run_id(self) -> str | None:
@@ -151,7 +150,6 @@ class Tracker:
 
     def log(self, event: str, **values: Any) -> None:
         record = {"event": event, "time": round(time.time(), 3), **values}
-        self.events.append(record)
         index = self.lines
         if self._file is not None:
             self._file.write(json.dumps(record, allow_nan=True) + "\n")
