@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from dist_train.atomic import atomic_file
 from dist_train.env import DistEnv
-from dist_train.errors import DistTrainError
+from dist_train.errors import DistTrainError, TrainingFailed
 
 MANIFEST = "MANIFEST.json"
 PREFIX = "step-"
@@ -281,7 +281,9 @@ class AsyncCheckpointer:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise DistTrainError(f"saving a checkpoint failed: {type(error).__name__}: {error}") from error
+            if isinstance(error, RuntimeError):  # a collective failed (a lost peer): the runner explains those
+                raise error
+            raise TrainingFailed(f"saving a checkpoint failed: {type(error).__name__}: {error}") from error
 
 
 def apply_retention(run_dir: Path, keep_last: int, best_step: int | None, current: Path | None = None) -> list[Path]:

@@ -106,8 +106,8 @@ class Trainer:
             # thread must not outlive the process group it coordinates on
             try:
                 self.wait_for_checkpoint()
-            except DistTrainError:
-                pass
+            except (DistTrainError, RuntimeError):
+                pass  # the error already on its way out says more
             raise
 
     def _fit(self) -> FitResult:
