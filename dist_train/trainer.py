@@ -162,10 +162,11 @@ class Trainer:
                 self.tracker.log("train", epoch=self.epoch, step=self.global_step,
                                  loss=self.running_loss.mean("interval", self.env), lr=lr,
                                  grad_norm=float(self.last_grad_norm))
-            if cfg.checkpoint.every_steps and self.global_step % cfg.checkpoint.every_steps == 0:
-                self.save_checkpoint()
+            # a stop first: its own checkpoint then carries the stop record too
             if self.global_step % cfg.train.stop_check_every_steps == 0 and self._stop_agreed():
                 return samples
+            if cfg.checkpoint.every_steps and self.global_step % cfg.checkpoint.every_steps == 0:
+                self.save_checkpoint()
             if self._reached_max_steps():
                 break
         return samples
