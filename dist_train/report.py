@@ -48,8 +48,12 @@ def draw_report(run_dirs: list[Path], out: Path) -> Path:
             ax_acc.plot(steps, [r["val_accuracy"] for r in epochs], color=color, marker="o", label=f"{label} validation")
         for test in (r for r in records if r["event"] == "test"):
             ax_acc.scatter([test["step"]], [test["test_accuracy"]], color=color, marker="*", s=120, label=f"{label} test")
-        if lrs:
-            ax_lr.plot([r["step"] for r in lrs], [r["lr"] for r in lrs], color=color, label=label)
+        if lrs:  # recorded where it changes: a step function, held to the last step of the run
+            steps, values = [r["step"] for r in lrs], [r["lr"] for r in lrs]
+            last_step = max(r.get("step", 0) for r in records)
+            if last_step > steps[-1]:
+                steps, values = steps + [last_step], values + [values[-1]]
+            ax_lr.plot(steps, values, color=color, label=label, drawstyle="steps-post")
     for ax, title, ylabel in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy"), (ax_lr, "learning rate", "lr")):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")

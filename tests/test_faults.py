@@ -176,7 +176,7 @@ def resize_worker(env, run_dir, stop_after):
     from tests.test_resume import stopping_trainer
 
     cfg = load_config(f"{REPO}/configs/cpu_test.yaml", [f"run.dir={run_dir}", "checkpoint.every_steps=4",
-                                                        "train.stop_check_every_steps=1"])
+                                                        "train.stop_check_every_steps=1", "schedule.name=cosine"])
     return run(cfg, env, stopping_trainer(stop_after) if stop_after else Trainer)
 
 
@@ -194,6 +194,6 @@ def test_resume_with_a_different_number_of_workers_continues_the_epoch(tmp_path,
     assert (resume["previous_world_size"], resume["world_size"]) == (before, after)
     assert resume["epoch"] == 1 and resume["step"] == 20
     lr_steps = [e["step"] for e in events if e["event"] == "lr"]
-    assert lr_steps == list(range(1, 43))  # every step once: none repeated, none skipped
+    assert lr_steps == list(range(1, 43))  # the LR changes every step: each step once, none repeated or skipped
     assert [e["step"] for e in events if e["event"] == "epoch"] == [14, 28, 42]
     assert [e for e in events if e["event"] == "test"][0]["test_accuracy"] > 0.9

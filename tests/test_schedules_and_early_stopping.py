@@ -100,3 +100,24 @@ def test_lr_is_logged_every_step(tmp_path):
     lr_steps = [e["step"] for e in events if e["event"] == "lr"]
     last = [e for e in events if e["event"] == "test"][0]["step"]
     assert lr_steps == list(range(1, last + 1))
+
+
+def test_an_unchanged_lr_is_recorded_once_and_each_change_at_its_step(tmp_path):
+    """Constant LR halved by the plateau schedule: the `lr` records are the first
+    step and the steps after each halving, which gives every step's LR exactly."""
+    from dist_train.runner import run
+
+    cfg = load_config(None, OVERRIDES + ["train.epochs=6", f"run.dir={tmp_path}"])
+    assert run(cfg, DistEnv()) == 0
+    events = [json.loads(line) for line in (Path(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    lr_records = [(e["step"], e["lr"]) for e in events if e["event"] == "lr"]
+    reductions = [e for e in events if e["event"] == "lr_reduced"]
+    assert reductions, "the plateau schedule should have halved the LR at least once in this run"
+    assert lr_records[0] == (1, 0.05)
+    last_step = [e for e in events if e["event"] == "test"][0]["step"]
+    assert len(lr_records) == 1 + len([r for r in reductions if r["step"] < last_step])
+    for (step, lr), (_, previous) in zip(lr_records[1:], lr_records):
+        assert lr == pytest.approx(previous / 2)
+    # every step's LR as the train records saw it matches the last lr record at or before it
+    for train in (e for e in events if e["event"] == "train"):
+        assert train["lr"] == [lr for step, lr in lr_records if step <= train["step"]][-1]
