@@ -5,6 +5,7 @@ Layout: RUN_DIR/checkpoints/step-00000120/
     trainer.pt      optimizer, LR schedule, early stopping, progress, metrics line count, W&B run id, config
     best_model.pt   the best weights so far (only with early_stopping.restore_best)
     rank-00000.pt   per rank: RNG states (torch, numpy, python) and the unreduced running loss
+    deepspeed/      DeepSpeed's own files (strategy.name=deepspeed), each in the manifest
     MANIFEST.json   written last: every file's size and SHA-256, and the progress
 
 Order (every rank takes part): rank 0 makes the directory; barrier; each rank
@@ -111,24 +112,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def prepare_checkpoint_dir(run_dir: Path, global_step: int, env: DistEnv, group: Any = None) -> Path:
+    """Collective: rank 0 makes the (empty) directory of the step's checkpoint."""
+    path = checkpoint_root(run_dir) / f"{PREFIX}{global_step:08d}"
+    if env.is_rank0:
+        if path.exists():  # an earlier, unfinished save of the same step
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+    if env.is_distributed:
+        dist.barrier(group=group)
+    return path
+
+
 def save_checkpoint(run_dir: Path, global_step: int, env: DistEnv, shared: dict[str, Any],
-                    per_rank: dict[str, Any], info: dict[str, Any], group: Any = None) -> Path:
+                    per_rank: dict[str, Any], info: dict[str, Any], group: Any = None,
+                    own_files: dict[str, Any] | None = None, prepared: bool = False) -> Path:
     """Write one checkpoint. Collective: every rank calls it at the same step.
     `shared` (rank 0 only): name -> object for files written once (model, trainer, ...);
     `per_rank`: this rank's own state; `info`: progress and metrics for the manifest;
-    `group`: the process group to coordinate on (default: the main one)."""
+    `group`: the process group to coordinate on (default: the main one);
+    `own_files`: files this rank already wrote into the directory (a strategy's
+    own, e.g. DeepSpeed's), name -> {bytes, sha256}, for the manifest;
+    `prepared`: the directory was made by `prepare_checkpoint_dir` already."""
 
     def sync() -> None:
         if env.is_distributed:
             dist.barrier(group=group)
 
     path = checkpoint_root(run_dir) / f"{PREFIX}{global_step:08d}"
-    if env.is_rank0:
-        if path.exists():  # an earlier, unfinished save of the same step
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-    sync()
-    files: dict[str, Any] = {}
+    if not prepared:
+        prepare_checkpoint_dir(run_dir, global_step, env, group)
+    files: dict[str, Any] = dict(own_files or {})
     if env.is_rank0:
         for name, obj in shared.items():
             files[f"{name}.pt"] = _save_file(obj, path / f"{name}.pt")
@@ -259,14 +273,16 @@ class AsyncCheckpointer:
         self._last: tuple[Any, Any] = (None, None)
 
     def save(self, run_dir: Path, global_step: int, shared: dict[str, Any], per_rank: dict[str, Any],
-             info: dict[str, Any], after: Any = None) -> None:
+             info: dict[str, Any], after: Any = None, own_files: dict[str, Any] | None = None,
+             prepared: bool = False) -> None:
         self.wait()  # the previous save is written: its copy can be reused
         shared, per_rank = snapshot(shared, self._last[0]), snapshot(per_rank, self._last[1])
         self._last = (shared, per_rank)
 
         def work() -> None:
             try:
-                path = save_checkpoint(run_dir, global_step, self.env, shared, per_rank, info, group=self.group)
+                path = save_checkpoint(run_dir, global_step, self.env, shared, per_rank, info, group=self.group,
+                                       own_files=own_files, prepared=prepared)
                 if after is not None:
                     after(path)
             except BaseException as exc:  # reported on the training thread

@@ -93,6 +93,9 @@ class TrainConfig:
     # (so the log holds every step's LR; an unchanged LR is not repeated, since a
     # W&B row costs ~0.2-0.35 ms); false: the LR rides on the `train` records only
     lr_every_step: bool = True
+    # fp32; bf16: autocast (fp32 weights); fp16: autocast and a dynamic loss
+    # scaler under ddp/single, DeepSpeed's fp16 (GPU only) under deepspeed
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # a non-finite loss or gradient on any rank: stop with a message, or skip the step
     nonfinite: Literal["stop", "skip"] = "stop"
     # how often the ranks agree on a pending stop request (SIGTERM/SIGUSR1); one
@@ -139,9 +142,17 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    # auto: ddp when more than one worker, single otherwise
-    name: Literal["auto", "single", "ddp"] = "auto"
+    # auto: ddp when more than one worker, single otherwise; deepspeed: ZeRO
+    # (an optional extra: pip install 'dist-train[deepspeed]')
+    name: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
     bucket_cap_mb: float = 25.0
+    # deepspeed only: ZeRO stage 0 (plain data parallel), 1 (optimizer state
+    # sharded), 2 (+ gradients), 3 (+ parameters)
+    zero_stage: int = 2
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    offload_params: Literal["none", "cpu"] = "none"  # zero_stage 3 only
+    # raw DeepSpeed config merged last; keys derived from our config are refused
+    deepspeed_config: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -309,6 +320,10 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(key, f"expected a list of {len(args)} values, got {list(value)!r}")
         return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        return value
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")
@@ -407,6 +422,23 @@ def validate(config: Config) -> None:
         raise ConfigError("run.resume", "is empty", "auto, never, or the path of a checkpoint directory")
     _positive("dist.timeout_s", config.dist.timeout_s)
     _positive("strategy.bucket_cap_mb", config.strategy.bucket_cap_mb)
+    st = config.strategy
+    if not 0 <= st.zero_stage <= 3:
+        raise ConfigError("strategy.zero_stage", f"{st.zero_stage!r} is not a ZeRO stage", "choose 0, 1, 2 or 3")
+    if st.name != "deepspeed":
+        for key, value, default in (("zero_stage", st.zero_stage, 2), ("offload_optimizer", st.offload_optimizer, "none"),
+                                    ("offload_params", st.offload_params, "none"),
+                                    ("deepspeed_config", st.deepspeed_config, {})):
+            if value != default:
+                raise ConfigError(f"strategy.{key}", f"is set but strategy.name is {st.name!r}, which does not read it",
+                                  "set strategy.name=deepspeed")
+    if st.offload_params != "none" and st.zero_stage != 3:
+        raise ConfigError("strategy.offload_params", "needs strategy.zero_stage=3 (only stage 3 shards parameters)")
+    if st.offload_optimizer != "none" and st.zero_stage == 0:
+        raise ConfigError("strategy.offload_optimizer", "needs strategy.zero_stage of 1 or more")
+    if st.name == "deepspeed" and st.zero_stage == 3 and es.enabled and es.restore_best:
+        raise ConfigError("early_stopping.restore_best", "is not supported with strategy.zero_stage=3 (the weights "
+                          "are sharded)", "keep the best checkpoint instead: checkpoint.keep_best=true (the default)")
 
 
 def _positive(key: str, value: float) -> None:

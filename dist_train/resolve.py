@@ -15,7 +15,7 @@ class Resolved:
     per_rank_batch_size: int  # samples one rank handles per optimizer step
     micro_batch_size: int  # samples one rank handles per forward/backward
     grad_accum_steps: int
-    strategy: str  # "single" or "ddp"
+    strategy: str  # "single", "ddp" or "deepspeed"
 
 
 def resolve(config: Config, world_size: int) -> Resolved:

@@ -8,7 +8,6 @@ the uninterrupted one bit for bit (same world size)."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,8 @@ from dist_train.sync_batchnorm import convert_sync_batchnorm
 from dist_train.tracking import NullTracker, Tracker
 
 EVAL_BATCH_SIZE = 1024
+# fp16 overflow skips in a row before the job stops as diverged (the scale would underflow)
+MAX_OVERFLOW_SKIPS = 50
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Trainer:
         # the metric whose best value the logs carry: early stopping's, else the checkpoints'
         self.monitor = cfg.early_stopping.monitor if cfg.early_stopping.enabled else cfg.checkpoint.monitor
         self.best_monitored: float | None = None
+        self.overflow_skips = 0  # consecutive fp16 overflow skips
         self._last_logged_lr: float | None = None  # a resumed run records its first step's LR again
 
     # ------------------------------------------------------------ the loop
@@ -116,6 +118,7 @@ class Trainer:
         if self.global_step == 0:
             tracker.log("start", world_size=self.env.world_size, global_batch_size=self.resolved.global_batch_size,
                         per_rank_batch_size=self.resolved.per_rank_batch_size, strategy=self.resolved.strategy,
+                        precision=t.precision,
                         train_samples=self.data.train_size, steps_per_epoch=self.train_loader.steps_per_epoch)
         early_stopped = False
         while self.epoch < t.epochs:
@@ -186,17 +189,23 @@ class Trainer:
         losses = []
         for i, batch in enumerate(step.micro_batches):
             with strategy.micro_step(sync=i == last):
-                loss_sum = self.loss_fn(strategy.train_model(batch.inputs), batch.targets)
+                loss_sum = self.loss_fn(strategy.forward(batch.inputs), batch.targets)
                 strategy.backward(loss_sum, step.global_count)
             losses.append((loss_sum, batch.targets.shape[0]))
-        norm = strategy.grad_norm(self.cfg.train.grad_clip_norm)
-        self.last_grad_norm = norm
-        if math.isfinite(float(norm)):
-            strategy.optimizer_step()
+        result = strategy.apply_step(self.cfg.train.grad_clip_norm)
+        norm = self.last_grad_norm = result.norm
+        if result.applied:
+            self.overflow_skips = 0
             for loss_sum, count in losses:  # only kept steps count towards the logged loss
                 self.running_loss.add(loss_sum, count)
             return
-        strategy.skip_step()  # the weights stay as they were: no checkpoint ever holds NaN weights
+        # the weights stay as they were: no checkpoint ever holds NaN weights
+        if strategy.dynamic_loss_scaling and self.overflow_skips < MAX_OVERFLOW_SKIPS:
+            # fp16: the loss scaler skips the step and lowers the scale (normal, now and then)
+            self.overflow_skips += 1
+            self.tracker.log("skipped_step", epoch=self.epoch, step=self.global_step + 1, grad_norm=norm.item(),
+                             reason="fp16 overflow", loss_scale=strategy.loss_scale)
+            return
         if self.cfg.train.nonfinite == "skip":
             self.tracker.log("skipped_step", epoch=self.epoch, step=self.global_step + 1, grad_norm=norm.item())
             return
@@ -230,7 +239,7 @@ class Trainer:
 
     def evaluate(self, split_name: str) -> dict[str, float]:
         batches = self.data.eval_batches(split_name, EVAL_BATCH_SIZE)
-        return evaluate(self.strategy.model, batches, self.loss_fn, self.env)
+        return evaluate(self.strategy.eval_model, batches, self.loss_fn, self.env)
 
     # ------------------------------------------------------------ decisions
 
@@ -263,11 +272,17 @@ class Trainer:
         if value is not None and self.step_in_epoch == 0 and better(value, None if self.best_checkpoint is None
                                                                     else self.best_checkpoint[0], metric_mode(monitor)):
             self.best_checkpoint = (value, self.global_step)
+        strategy = self.strategy
+        state = strategy.checkpoint_state(self.env.is_rank0)  # a collective for sharded weights
+        own_files: dict[str, Any] = {}
+        if strategy.writes_own_files:  # DeepSpeed: its files first, on this thread (collective)
+            self.wait_for_checkpoint()
+            own_files = strategy.save_own_files(ckpt.prepare_checkpoint_dir(self.run_dir, self.global_step, self.env))
         shared: dict[str, Any] = {}
         if self.env.is_rank0:
-            shared["model"] = self.strategy.model.state_dict()
+            shared["model"] = state["model"]
             shared["trainer"] = {
-                "optimizer": self.strategy.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "optimizer": state["optimizer"], "schedule": self.schedule.state_dict(),
                 "early_stopping": self.early_stopping.state_dict(),
                 "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step},
                 "last_val": dict(self.last_val), "best_checkpoint": list(self.best_checkpoint or []),
@@ -290,7 +305,8 @@ class Trainer:
             after = lambda path: ckpt.apply_retention(run_dir, keep, best, current=path)  # noqa: E731
         if self.checkpointer is None:
             self.checkpointer = ckpt.AsyncCheckpointer(self.env, self.cfg.dist.timeout_s)
-        self.checkpointer.save(self.run_dir, self.global_step, shared, per_rank, info, after)
+        self.checkpointer.save(self.run_dir, self.global_step, shared, per_rank, info, after, own_files=own_files,
+                               prepared=strategy.writes_own_files)
         self.last_saved_step = self.global_step
         return ckpt.checkpoint_root(self.run_dir) / f"{ckpt.PREFIX}{self.global_step:08d}"
 
@@ -301,8 +317,7 @@ class Trainer:
     def restore(self, info: ckpt.CheckpointInfo) -> None:
         """Continue from a checkpoint every rank agreed on."""
         trainer = ckpt.load_file(info.path, "trainer.pt")
-        self.strategy.model.load_state_dict(ckpt.load_file(info.path, "model.pt"))
-        self.strategy.optimizer.load_state_dict(trainer["optimizer"])
+        self.strategy.restore(info.path, ckpt.load_file(info.path, "model.pt"), trainer["optimizer"])
         self.schedule.load_state_dict(trainer["schedule"])
         self.early_stopping.load_state_dict(trainer["early_stopping"], ckpt.load_file(info.path, "best_model.pt"))
         progress = trainer["progress"]

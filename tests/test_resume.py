@@ -55,7 +55,7 @@ def final_state(run_dir):
               for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     # the interrupted run has its own extra checkpoint, stop and resume records
     events = [e for e in events if e["event"] not in ("resume", "stop", "checkpoint")]
-    return {"model": model, "optimizer": trainer["optimizer"]["state"], "events": events,
+    return {"model": model, "optimizer": trainer["optimizer"]["optimizer"]["state"], "events": events,
             "step": trainer["progress"]["global_step"]}
 
 

@@ -51,4 +51,4 @@ class DDPStrategy(Strategy):
     def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
         # DDP averages gradients over ranks (divides their sum by world_size);
         # scaling by world_size / global_count leaves the gradient of the global mean.
-        (loss_sum * (self.world_size / global_count)).backward()
+        self._backward_scaled(loss_sum * (self.world_size / global_count))

@@ -14,4 +14,4 @@ class SingleStrategy(Strategy):
         self.optimizer = optimizer
 
     def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
-        (loss_sum * (1.0 / global_count)).backward()
+        self._backward_scaled(loss_sum * (1.0 / global_count))

@@ -1,0 +1,261 @@
+"""DeepSpeed: ZeRO stages 0-3 behind the same strategy interface.
+
+Our config stays the single source of truth: the DeepSpeed config is derived
+from it (micro batch, accumulation, clipping, precision, ZeRO stage, offload)
+and `strategy.deepspeed_config` may add anything else, but never a key we
+derive (that would set a value twice). The optimizer is ours (a torch
+optimizer from `optim`), so no DeepSpeed op is compiled at start-up, unless the
+raw section names an `optimizer`, which then replaces it (and is announced).
+
+Accumulation is ours too: the trainer marks the last micro-batch of a step
+(`set_gradient_accumulation_boundary`) and calls `engine.step()` once per
+optimizer step. Gradients average over ranks like DDP's, so the loss gets the
+same world_size / global_count scale.
+
+Checkpoints: DeepSpeed's own save/load, into `deepspeed/` inside our
+checkpoint directory, through a checkpoint engine of ours that writes each
+file atomically with its SHA-256 (for our manifest) and loads with
+`weights_only=True` (allowing only the few DeepSpeed classes its files hold).
+`model.pt` next to them holds the consolidated weights, loadable with torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dist_train.config import Config
+from dist_train.env import DistEnv
+from dist_train.errors import ConfigError, DistTrainError
+from dist_train.resolve import Resolved
+from dist_train.strategy.base import StepResult, Strategy
+
+INSTALL_HINT = "pip install 'dist-train[deepspeed]' (or: pip install deepspeed)"
+TAG = "deepspeed"  # the subdirectory of a checkpoint that DeepSpeed's files go to
+#: keys of a DeepSpeed config that our config sets; the raw section may not
+OWNED = {"train_batch_size": "train.global_batch_size", "train_micro_batch_size_per_gpu": "train.grad_accum_steps",
+         "gradient_accumulation_steps": "train.grad_accum_steps", "gradient_clipping": "train.grad_clip_norm",
+         "fp16": "train.precision", "bf16": "train.precision", "scheduler": "schedule (ours is used)"}
+OWNED_ZERO = {"stage": "strategy.zero_stage", "offload_optimizer": "strategy.offload_optimizer",
+              "offload_param": "strategy.offload_params"}
+
+
+def import_deepspeed() -> Any:
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise DistTrainError(f"strategy.name=deepspeed needs DeepSpeed, which is not installed ({exc}); "
+                             f"install it with: {INSTALL_HINT}") from None
+    return deepspeed
+
+
+def deepspeed_config(cfg: Config, resolved: Resolved) -> dict[str, Any]:
+    """The DeepSpeed config derived from ours, plus the raw section."""
+    s, t = cfg.strategy, cfg.train
+    zero: dict[str, Any] = {"stage": s.zero_stage}
+    if s.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": s.offload_optimizer}
+    if s.offload_params != "none":
+        zero["offload_param"] = {"device": s.offload_params}
+    ds: dict[str, Any] = {
+        "train_batch_size": resolved.global_batch_size,
+        "train_micro_batch_size_per_gpu": resolved.micro_batch_size,
+        "gradient_accumulation_steps": resolved.grad_accum_steps,
+        # stage 0 clips in our code (like DDP); the ZeRO optimizers clip their partitions
+        "gradient_clipping": float(t.grad_clip_norm or 0.0) if s.zero_stage > 0 else 0.0,
+        "zero_optimization": zero,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if t.precision == "fp16":  # DeepSpeed's fp16: fp16 weights, fp32 masters, a dynamic loss scaler
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    # bf16 is torch autocast around the forward (fp32 weights), as under DDP
+    raw = copy.deepcopy(dict(s.deepspeed_config))
+    for key, ours in OWNED.items():
+        if key in raw:
+            raise ConfigError(f"strategy.deepspeed_config.{key}", "is derived from our config", f"set {ours} instead")
+    for key, value in raw.pop("zero_optimization", {}).items():
+        if key in OWNED_ZERO:
+            raise ConfigError(f"strategy.deepspeed_config.zero_optimization.{key}", "is derived from our config",
+                              f"set {OWNED_ZERO[key]} instead")
+        zero[key] = value
+    ds.update(raw)
+    return ds
+
+
+class _CastInputs(nn.Module):
+    """Evaluation of an fp16 module with float32 inputs and outputs."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(inputs.to(self.dtype)).float()
+
+
+def _checkpoint_engine_class(deepspeed: Any) -> type:
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from dist_train.checkpoint import _save_file
+
+    class SafeCheckpointEngine(TorchCheckpointEngine):
+        """Atomic writes with digests for our manifest; loads never unpickle code."""
+
+        def __init__(self, config_params: Any = None) -> None:
+            super().__init__(config_params)
+            self.written: dict[str, dict[str, Any]] = {}
+
+        def save(self, state_dict: Any, path: str) -> None:
+            self.written[str(path)] = _save_file(state_dict, Path(path))
+
+        def load(self, path: str, map_location: Any = None) -> Any:
+            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return SafeCheckpointEngine
+
+
+def _deepspeed_safe_globals() -> list:
+    """The plain-data classes DeepSpeed's checkpoint files hold."""
+    import argparse
+    import collections
+
+    found: list = [argparse.Namespace, collections.OrderedDict]
+    for module, names in (("deepspeed.runtime.fp16.loss_scaler", ("LossScaler", "DynamicLossScaler")),
+                          ("deepspeed.runtime.zero.config", ("ZeroStageEnum",)),
+                          ("deepspeed.utils.tensor_fragment", ("fragment_address",))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except ImportError:
+            continue
+        found += [getattr(mod, n) for n in names if hasattr(mod, n)]
+    return found
+
+
+class DeepSpeedStrategy(Strategy):
+    writes_own_files = True
+
+    def __init__(self, cfg: Config, env: DistEnv, resolved: Resolved, model: nn.Module,
+                 optimizer: torch.optim.Optimizer) -> None:
+        deepspeed = import_deepspeed()
+        self.env, self.stage = env, cfg.strategy.zero_stage
+        self.setup_precision("fp32" if cfg.train.precision == "fp16" else cfg.train.precision, env.device)
+        self.ds_fp16 = cfg.train.precision == "fp16"
+        if self.ds_fp16 and not env.device.startswith("cuda"):
+            raise ConfigError("train.precision", "fp16 under DeepSpeed needs a GPU",
+                              "use train.precision=bf16 on CPU, or strategy.name=ddp for fp16 autocast")
+        ds_config = deepspeed_config(cfg, resolved)
+        if env.is_distributed:  # our process group is already up: DeepSpeed's comm wraps it
+            deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False,
+                                       dist_init_required=False)
+        own_optimizer = "optimizer" in ds_config
+        if own_optimizer and env.is_rank0:
+            print(f"dist-train: using DeepSpeed's optimizer {ds_config['optimizer'].get('type')!r} from "
+                  "strategy.deepspeed_config.optimizer instead of optim.name (its op may be compiled at start-up)",
+                  flush=True)
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=None if own_optimizer else optimizer, config=ds_config,
+            model_parameters=[p for p in model.parameters() if p.requires_grad] if own_optimizer else None,
+            dist_init_required=False)
+        engine.checkpoint_engine = _checkpoint_engine_class(deepspeed)(engine._config)
+        self.engine, self.train_model, self.model, self.optimizer = engine, engine, engine.module, ds_optimizer
+        self.world_size = env.world_size
+        self._deepspeed = deepspeed
+
+    @property
+    def dynamic_loss_scaling(self) -> bool:
+        return self.ds_fp16
+
+    @property
+    def loss_scale(self) -> float | None:
+        return float(self.optimizer.cur_scale) if self.ds_fp16 else None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return _CastInputs(self.model, torch.float16) if self.ds_fp16 else self.model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.ds_fp16:
+            inputs = inputs.half()
+        with self.autocast():
+            return self.engine(inputs).float()
+
+    def micro_step(self, sync: bool):
+        self.engine.set_gradient_accumulation_boundary(sync)
+        return super().micro_step(sync)
+
+    def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
+        # DeepSpeed averages over ranks like DDP; accumulation scaling is ours
+        self.engine.backward(loss_sum * (self.world_size / global_count), scale_wrt_gas=False)
+
+    def apply_step(self, grad_clip_norm: float | None) -> StepResult:
+        if self.stage == 0 and not self.ds_fp16:
+            return super().apply_step(grad_clip_norm)  # plain gradients: our norm, clip and guard
+        # ZeRO: the optimizer computes the norm over its partitions, clips, and
+        # skips the step when the norm is not finite (an fp16 overflow included)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        norm = torch.tensor(float("nan") if norm is None else float(norm))
+        return StepResult(norm, bool(self.engine.was_step_applied()))
+
+    def optimizer_step(self) -> None:
+        self.engine.step()
+        self.engine.zero_grad()
+
+    def skip_step(self) -> None:
+        self.engine.zero_grad()
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _gathered(self, modifier_rank: int | None):
+        import contextlib
+
+        if self.stage < 3:
+            return contextlib.nullcontext()
+        return self._deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=modifier_rank)
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        with self._gathered(None):
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def load_model_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with self._gathered(0):
+            if self.stage < 3 or self.env.is_rank0:
+                self.model.load_state_dict(state)
+
+    def checkpoint_state(self, is_rank0: bool) -> dict[str, Any]:
+        model = self.model_state_dict()
+        return {"model": model, "optimizer": {"deepspeed": TAG, "zero_stage": self.stage}} if is_rank0 else {}
+
+    def save_own_files(self, path: Path) -> dict[str, Any]:
+        engine = self.engine.checkpoint_engine
+        engine.written = {}
+        self.engine.save_checkpoint(str(path), tag=TAG, client_state={}, save_latest=False)
+        files = {os.path.relpath(p, path): digest for p, digest in engine.written.items()}
+        script = path / TAG / "zero_to_fp32.py"  # DeepSpeed's recovery script: not ours to vouch for
+        if self.env.is_rank0 and script.exists():
+            script.unlink()
+        return files
+
+    def restore(self, path: Path, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> None:
+        if optimizer_state.get("deepspeed") != TAG:
+            raise DistTrainError(f"checkpoint {path} was not written by the deepspeed strategy; resume it with the "
+                                 "strategy that wrote it, or start afresh with --fresh")
+        saved_stage = int(optimizer_state.get("zero_stage", -1))
+        if saved_stage != self.stage:
+            raise DistTrainError(f"checkpoint {path} holds ZeRO stage {saved_stage} state but strategy.zero_stage is "
+                                 f"{self.stage}; resume with strategy.zero_stage={saved_stage}")
+        shards = sorted((path / TAG).glob("*optim_states.pt"))
+        if self.stage > 0 and len(shards) != self.world_size:
+            raise DistTrainError(f"checkpoint {path} holds optimizer state sharded over {len(shards)} workers; "
+                                 f"resume it with {len(shards)} workers (this job has {self.world_size})")
+        loaded, _ = self.engine.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)
+        if loaded is None:
+            raise DistTrainError(f"DeepSpeed could not load its files in {path / TAG}")
