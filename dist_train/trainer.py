@@ -97,7 +97,7 @@ class Trainer:
         self.monitor = cfg.early_stopping.monitor if cfg.early_stopping.enabled else cfg.checkpoint.monitor
         self.best_monitored: float | None = None
         self.overflow_skips = 0  # consecutive fp16 overflow skips
-        self._last_logged_lr: float | None = None  # a resumed run records its first step's LR again
+        self._last_logged_lr: float | None = None  # checkpointed: a resumed run logs what the whole run would
 
     # ------------------------------------------------------------ the loop
 
@@ -286,7 +286,7 @@ class Trainer:
                 "early_stopping": self.early_stopping.state_dict(),
                 "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step},
                 "last_val": dict(self.last_val), "best_checkpoint": list(self.best_checkpoint or []),
-                "best_monitored": self.best_monitored,
+                "best_monitored": self.best_monitored, "last_logged_lr": self._last_logged_lr,
                 "metrics_lines": self.tracker.lines, "wandb_run_id": self.wandb_run_id,
                 "config": dump_yaml(self.cfg), "world_size": self.env.world_size,
                 "data_source": self.cfg.data.source, "finished": self.finished}
@@ -328,6 +328,7 @@ class Trainer:
         self.best_checkpoint = (float(best[0]), int(best[1])) if best else None
         self.wandb_run_id = trainer["wandb_run_id"] or self.wandb_run_id
         self.best_monitored = trainer["best_monitored"]
+        self._last_logged_lr = trainer.get("last_logged_lr")
         same_shape = int(trainer["world_size"]) == self.env.world_size
         mine = ckpt.load_file(info.path, f"rank-{self.env.rank:05d}.pt")
         if same_shape and mine is not None:

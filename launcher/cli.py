@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_report.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories (run.dir)")
     p_report.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/report.png of the first run)")
+
+    p_export = sub.add_parser(
+        "export", help="write a checkpoint's consolidated weights as a plain torch state_dict file",
+        description="Take the newest valid checkpoint of RUN_DIR (or the checkpoint directory given) and write its "
+                    "whole model's weights (float32) to FILE, loadable with torch.load(FILE, weights_only=True) "
+                    "without dist-train, whatever the strategy (DDP, DeepSpeed ZeRO 0-3) or precision.",
+    )
+    p_export.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a checkpoint directory")
+    p_export.add_argument("--out", required=True, help="the .pt file to write")
+    p_export.add_argument("--best", action="store_true", help="the best weights (best_model.pt) instead of the last")
     return parser
 
 
@@ -112,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prepare(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "export":
+            return cmd_export(args)
         if args.command == "slurm":
             from launcher.slurm_submit import submit
 
@@ -162,6 +174,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report.png"
     print(f"wrote {draw_report([Path(d) for d in args.run_dirs], out)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dist_train.export import export_weights
+
+    checkpoint = export_weights(Path(args.source), Path(args.out), best=args.best)
+    print(f"wrote {args.out} from {checkpoint}")
     return 0
 
 

@@ -5,6 +5,7 @@ different number of workers on resume."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -89,13 +90,13 @@ def launch(run_dir, *extra, restarts=0):
 
 
 def wait_for_step(run_dir, step, proc, timeout=120):
-    """Until metrics.jsonl shows `step` (a condition, not a fixed sleep)."""
+    """Until metrics.jsonl shows a record at `step` or later (a condition, not a fixed sleep)."""
     deadline = time.monotonic() + timeout
     path = Path(run_dir) / "metrics.jsonl"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"the run ended early:\n{proc.stdout.read()}")
-        if path.exists() and any(f'"step": {step},' in line for line in path.read_text().splitlines()):
+        if path.exists() and any(int(m) >= step for m in re.findall(r'"step": (\d+)', path.read_text())):
             return
         time.sleep(0.05)
     raise AssertionError(f"step {step} not reached within {timeout}s")

@@ -22,7 +22,9 @@ file atomically with its SHA-256 (for our manifest) and loads with
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,17 @@ def import_deepspeed() -> Any:
     except ImportError as exc:
         raise DistTrainError(f"strategy.name=deepspeed needs DeepSpeed, which is not installed ({exc}); "
                              f"install it with: {INSTALL_HINT}") from None
+    # On CPU, DeepSpeed's comm backend JIT-compiles a shared-memory all-reduce op
+    # at start-up (a minute, and a C++ toolchain). Only its inference all-reduce
+    # uses it; training's collectives are torch.distributed's, so skip the build.
+    # (by sys.modules: the attribute deepspeed.comm.torch is the torch package itself)
+    import importlib
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    # DeepSpeed reports every save, load and bucket at INFO; our records say what matters
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    # its collectives use names torch 2.13 deprecates: one warning per call otherwise
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.c10d_logger")
     return deepspeed
 
 
@@ -151,9 +164,12 @@ class DeepSpeedStrategy(Strategy):
             raise ConfigError("train.precision", "fp16 under DeepSpeed needs a GPU",
                               "use train.precision=bf16 on CPU, or strategy.name=ddp for fp16 autocast")
         ds_config = deepspeed_config(cfg, resolved)
-        if env.is_distributed:  # our process group is already up: DeepSpeed's comm wraps it
-            deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False,
-                                       dist_init_required=False)
+        dist = torch.distributed
+        if not dist.is_initialized():  # one process: DeepSpeed still wants a process group (of one)
+            os.environ.setdefault("LOCAL_RANK", "0")
+            dist.init_process_group(env.backend, store=dist.HashStore(), rank=0, world_size=1)
+        # our process group is up: DeepSpeed's comm wraps it
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, dist_init_required=False)
         own_optimizer = "optimizer" in ds_config
         if own_optimizer and env.is_rank0:
             print(f"dist-train: using DeepSpeed's optimizer {ds_config['optimizer'].get('type')!r} from "

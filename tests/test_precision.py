@@ -1,0 +1,102 @@
+"""Mixed precision on CPU: bf16 autocast under DDP and DeepSpeed, and fp16
+autocast with a dynamic loss scaler under DDP (torch's CPU autocast supports
+both). The scaler's state is checkpointed and an overflow skips the step and
+lowers the scale. The GPU variants (fp16 under DeepSpeed, NCCL) are in
+tests/test_gpu.py and skip without CUDA."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dist_train.config import load_config
+from dist_train.env import DistEnv
+from dist_train.errors import ConfigError
+from dist_train.resolve import resolve
+from dist_train.runner import run
+from dist_train.trainer import Trainer
+from tests.multiproc import run_workers
+from tests.test_resume import final_state, stopping_trainer
+
+REPO = Path(__file__).resolve().parent.parent
+DIGITS = ["run.progress=false", "train.epochs=12", "wandb.mode=disabled", "dist.device=cpu"]
+
+
+def test_accuracy(env, precision, strategy):
+    cfg = load_config(REPO / "configs/quickstart.yaml", DIGITS + [f"train.precision={precision}",
+                                                                   f"strategy.name={strategy}"])
+    result = Trainer(cfg, env, resolve(cfg, env.world_size)).fit()
+    return result.test["accuracy"]
+
+
+test_accuracy.__test__ = False  # a worker function, not a test
+
+
+def accuracies(env):
+    out = {(p, "ddp"): test_accuracy(env, p, "ddp") for p in ("fp32", "bf16", "fp16")}
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        return out
+    out[("bf16", "deepspeed")] = test_accuracy(env, "bf16", "deepspeed")
+    return out
+
+
+def test_bf16_and_fp16_train_the_digits_mlp_to_the_fp32_accuracy_band():
+    """2 workers: bf16 and fp16 (DDP) and bf16 (DeepSpeed ZeRO-2, when
+    installed) within 3 points of fp32's test accuracy."""
+    result, _ = run_workers(accuracies, 2, timeout_s=300)
+    reference = result[("fp32", "ddp")]
+    assert reference > 0.93
+    for key, accuracy in result.items():
+        assert abs(accuracy - reference) <= 0.03, f"{key}: {accuracy:.3f} against fp32's {reference:.3f}"
+
+
+SMALL = ["data.source=synthetic", "data.num_samples=600", "data.num_features=12", "data.num_classes=3",
+         "model.hidden_sizes=[16]", "optim.name=adam", "optim.lr=0.01", "train.global_batch_size=64",
+         "train.epochs=3", "train.stop_check_every_steps=1", "checkpoint.every_steps=5", "dist.device=cpu",
+         "train.precision=fp16", "wandb.mode=disabled", "run.progress=false"]
+
+
+def test_fp16_loss_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert run(load_config(None, SMALL + [f"run.dir={whole}"]), DistEnv()) == 0
+    assert run(load_config(None, SMALL + [f"run.dir={broken}"]), DistEnv(), stopping_trainer(10)) == 75
+    assert run(load_config(None, SMALL + [f"run.dir={broken}"]), DistEnv()) == 0
+    a, b = final_state(whole), final_state(broken)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["events"] == b["events"]
+    from dist_train.checkpoint import find_latest_valid
+
+    scaler = torch.load(find_latest_valid(broken).path / "trainer.pt", weights_only=True)["optimizer"]["scaler"]
+    assert scaler["scale"] == 65536.0 and scaler["_growth_tracker"] == 21  # 21 steps without an overflow
+
+
+class HugeInitialScale(Trainer):
+    """A loss scale of 2^24: the first fp16 backward passes overflow (fp16 tops out at 65504)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.strategy.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+
+
+def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path):
+    assert run(load_config(None, SMALL + ["train.epochs=6", f"run.dir={tmp_path}"]), DistEnv(), HugeInitialScale) == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if r["event"] == "skipped_step"]
+    assert skipped and all(r["reason"] == "fp16 overflow" for r in skipped)
+    scales = [r["loss_scale"] for r in skipped]
+    assert scales == sorted(scales, reverse=True) and scales[-1] < 2.0**24
+    test = [r for r in records if r["event"] == "test"][0]
+    assert test["test_accuracy"] > 0.8  # training went on once the scale fitted
+
+
+def test_fp16_under_deepspeed_on_cpu_is_refused_with_the_alternatives():
+    pytest.importorskip("deepspeed")
+    from dist_train.strategy.deepspeed import DeepSpeedStrategy
+
+    cfg = load_config(None, SMALL + ["strategy.name=deepspeed"])
+    with pytest.raises(ConfigError, match="train.precision=bf16"):
+        DeepSpeedStrategy(cfg, DistEnv(), resolve(cfg, 1), torch.nn.Linear(2, 2), None)
