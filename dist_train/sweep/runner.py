@@ -227,6 +227,9 @@ class SweepRunner:
             self.say(f"[sweep] best config: {best}  (dist-train launch --nproc-per-node "
                      f"{self.s.workers_per_trial} {best})")
         unfinished = [r for r in records if r.status in ("running", "stopped", "pending")]
+        if self._time_is_up():
+            self.say(f"[sweep] the time budget of {self.s.budget.max_minutes:g} min is spent; run the same command "
+                     f"again for more time")
         if self.stopping:
             self.say(f"[sweep] stopped on request; {len(unfinished)} trial(s) to continue: run the same command again")
             return EXIT_RESUME
@@ -247,8 +250,9 @@ class SweepRunner:
         if self.s.method == "tpe":
             self.say("[sweep] tpe chooses each trial's parameters from the results of the trials before it")
             return 0
-        shown = itertools.islice(self.plan(), 1000)
-        for index in shown:
+        if self.search.planned is None:
+            self.say("[sweep] no max_trials: trials go on until the time budget ends; the first 20:")
+        for index in itertools.islice(self.plan(), 20 if self.search.planned is None else None):
             record = self.records.get(index)
             params = self.search.params(index, record)
             status = record.status if record else "pending"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from dist_train.errors import DistTrainError
 from dist_train.sweep.space import Param, grid_params, random_params
 from dist_train.sweep.spec import SweepSpec
@@ -56,7 +58,10 @@ class TPESearch:
         self.space = spec.space
         self.planned: int | None = spec.settings.budget.max_trials
         self.distributions = {p.key: _distribution(optuna, p) for p in self.space}
-        sampler = optuna.samplers.TPESampler(seed=spec.settings.seed, constant_liar=spec.settings.parallel_trials > 1)
+        # A resumed sweep starts a new study from the records; seeding it with the
+        # seed alone would make it draw the first command's startup trials again.
+        seed = int(np.random.SeedSequence([spec.settings.seed, len(records)]).generate_state(1)[0])
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=spec.settings.parallel_trials > 1)
         self.study = optuna.create_study(direction="maximize" if spec.mode == "max" else "minimize", sampler=sampler)
         self.asked: dict[int, Any] = {}
         for record in sorted(records.values(), key=lambda r: r.index):

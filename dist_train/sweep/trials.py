@@ -74,7 +74,8 @@ def trial_config(base: Config, sweep_name: str, out_dir: Path, index: int, param
     """The base config with the trial's parameters, its own run directory and its
     W&B run grouped under the sweep. Raises ConfigError for values the config rejects."""
     return replace(base, **params, **{"run.dir": str(trial_dir(out_dir, index)), "wandb.group": sweep_name,
-                                      "wandb.name": f"{sweep_name}-{trial_name(index)}", "run.progress": False})
+                                      "wandb.name": f"{sweep_name}-{trial_name(index)}", "run.progress": False,
+                                      "run.resume": "auto"})  # an interrupted trial continues
 
 
 def write_trial_config(out_dir: Path, index: int, cfg: Config) -> Path:
