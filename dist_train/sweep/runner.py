@@ -167,6 +167,8 @@ class SweepRunner:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._trial_env(slot),
                                 start_new_session=True, preexec_fn=_stop_with_parent)
         self.active.append(Active(record, proc, time.monotonic(), log, slot))
+        if self.stopping:  # the stop request came while this trial was being started
+            _signal_group(proc, signal.SIGTERM, leader_only=True)
         self.say(f"[{record.name}] {'resume' if resuming else 'start'}  {described}")
 
     def _trial_env(self, slot: int) -> dict[str, str]:
