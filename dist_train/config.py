@@ -9,6 +9,7 @@ from the config and the job (per-rank batch, micro batch) live in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -203,29 +204,33 @@ class Config:
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML file (or start from defaults when path is None), apply
     `a.b=value` overrides, check types and values, and return the frozen tree."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise DistTrainError(f"config file {str(path)!r} does not exist; pass the path of a YAML file, e.g. configs/quickstart.yaml")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise DistTrainError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise DistTrainError(f"config file {str(path)!r} must hold a mapping of sections (data:, model:, ...), got {type(loaded).__name__}")
-        raw = loaded
+    raw = read_yaml_mapping(path, "a mapping of sections (data:, model:, ...)", "configs/quickstart.yaml") if path is not None else {}
+    return config_from_dict(raw, overrides)
+
+
+def read_yaml_mapping(path: str | Path, what: str, example: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (safe_load only), with errors that
+    say which file and what it should hold."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistTrainError(f"config file {str(path)!r} does not exist; pass the path of a YAML file, e.g. {example}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DistTrainError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise DistTrainError(f"config file {str(path)!r} must hold {what}, got {type(loaded).__name__}")
+    return loaded
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config tree from a plain mapping (left untouched) plus `a.b=value` overrides."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         _apply_override(raw, item)
-    config = _build(Config, raw, "")
-    validate(config)
-    return config
-
-
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    config = _build(Config, raw, "")
+    config = build_section(Config, raw)
     validate(config)
     return config
 
@@ -281,7 +286,10 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
+def build_section(cls: type, raw: Any, prefix: str = "") -> Any:
+    """A frozen dataclass from a mapping, checked against its type hints: an
+    unknown key, a wrong type or a value outside a Literal set raises a
+    ConfigError naming the dotted path (`prefix` + key)."""
     if not isinstance(raw, dict):
         raise ConfigError(prefix.rstrip(".") or "CONFIG", f"must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -300,7 +308,7 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, {} if value is None else value, key + ".")
+        return build_section(hint, {} if value is None else value, key + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -108,6 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     p_export.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a checkpoint directory")
     p_export.add_argument("--out", required=True, help="the .pt file to write")
     p_export.add_argument("--best", action="store_true", help="the best weights (best_model.pt) instead of the last")
+
+    p_sweep = sub.add_parser(
+        "sweep", help="hyperparameter search: run trials of a base config over a search space, ranked",
+        description="Run the trials of SWEEP (a base run config, a search space, random/grid/tpe, a budget), each "
+                    "an ordinary run launched with `dist-train launch` in its own directory under out_dir, and "
+                    "print the results best first (also results.csv, results.json and best.yaml in out_dir). "
+                    "Running it again skips finished trials and resumes the others. Overrides go to the sweep "
+                    "(budget.max_trials=4, out_dir=DIR) or, for run-config keys, to the base config (train.epochs=5).")
+    p_sweep.add_argument("sweep", metavar="SWEEP", help="sweep YAML, e.g. configs/sweep_digits.yaml")
+    p_sweep.add_argument("overrides", metavar="KEY=VALUE", nargs="*",
+                         help="sweep settings (budget.max_trials=4) or base-config keys (train.epochs=5)")
+    p_sweep.add_argument("--dry-run", action="store_true", help="print the trials and their parameters; run nothing")
+    p_sweep.add_argument("--retry-failed", action="store_true", help="run trials recorded as failed again")
+
+    p_check = sub.add_parser(
+        "check", help="sanity checks before a long run: initial loss, overfit a small subset, gradcheck",
+        description="In one process: (1) the loss at initialization against its expected value (ln of the number "
+                    "of classes for cross-entropy); (2) training on --subset N examples (dropout and weight decay "
+                    "off) until they are all classified right, with hints when they are not; (3) "
+                    "torch.autograd.gradcheck of the project's hand-written backward (synchronized batch norm) in "
+                    "float64. One PASS/FAIL line each; exit status 1 when one fails.")
+    p_check.add_argument("config", metavar="CONFIG", help="YAML run config")
+    p_check.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    p_check.add_argument("--subset", type=int, default=50, help="examples to overfit (default 50)")
+    p_check.add_argument("--steps", type=int, default=500, help="most optimizer steps for the overfit check (default 500)")
     return parser
 
 
@@ -124,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
+        if args.command == "check":
+            return cmd_check(args)
         if args.command == "slurm":
             from launcher.slurm_submit import submit
 
@@ -185,6 +214,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     checkpoint = export_weights(Path(args.source), Path(args.out), best=args.best)
     print(f"wrote {args.out} from {checkpoint}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from dist_train.sweep.runner import run_sweep
+    from dist_train.sweep.spec import load_sweep
+
+    return run_sweep(load_sweep(args.sweep, args.overrides), retry_failed=args.retry_failed, dry_run=args.dry_run)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from dist_train.checks import run_checks
+    from dist_train.config import load_config
+
+    if args.subset < 2:
+        raise DistTrainError(f"--subset {args.subset} must be at least 2 examples")
+    if args.steps < 1:
+        raise DistTrainError(f"--steps {args.steps} must be at least 1")
+    return run_checks(load_config(args.config, args.overrides), subset=args.subset, max_steps=args.steps)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

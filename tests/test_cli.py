@@ -60,7 +60,8 @@ def test_run_under_real_torchrun(tmp_path):
     assert sum(e["event"] == "test" for e in events) == 1
 
 
-@pytest.mark.parametrize("args, words", [((), "run"), (("run",), "CONFIG"), (("launch",), "--nproc-per-node")])
+@pytest.mark.parametrize("args, words", [((), "run"), (("run",), "CONFIG"), (("launch",), "--nproc-per-node"),
+                                         (("sweep",), "--dry-run"), (("check",), "--subset")])
 def test_help_explains_each_command(args, words):
     proc = cli(*args, "--help")
     assert proc.returncode == 0 and words in proc.stdout and "usage: dist-train" in proc.stdout

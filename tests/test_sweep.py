@@ -1,0 +1,284 @@
+"""Hyperparameter sweeps: the search space (log-uniform draws, grids), the
+sweep file's errors, ranking, and real sweeps through the CLI whose trials are
+real `dist-train launch` runs, interrupted and resumed."""
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from dist_train.errors import DistTrainError
+from dist_train.sweep.results import ranked
+from dist_train.sweep.runner import SweepRunner, gpu_slots
+from dist_train.sweep.space import grid_params, parse_space, random_params
+from dist_train.sweep.spec import load_sweep
+from dist_train.sweep.trials import TrialRecord
+from tests.conftest import REPO
+
+DIST_TRAIN = [sys.executable, "-m", "launcher"]
+# one thread per process: trials and the best config's rerun compute the same numbers
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+FAST = ["train.epochs=2", "wandb.mode=disabled", "train.log_every_steps=1000"]
+
+
+# ------------------------------------------------------------ the space
+
+def test_log_uniform_draws_stay_in_range_and_are_log_uniform():
+    space = parse_space({"optim.lr": {"log_uniform": [1.0e-5, 1.0e-1]}})
+    draws = np.array([random_params(space, seed=0, trial=i)["optim.lr"] for i in range(4000)])
+    assert draws.min() >= 1e-5 and draws.max() <= 1e-1
+    logs = np.log10(draws)
+    # Kolmogorov-Smirnov: log10 of the draws against uniform on [-5, -1]
+    assert stats.kstest(logs, stats.uniform(loc=-5, scale=4).cdf).pvalue > 0.01
+    # and by hand: the four decades each get a quarter (chi-square, 3 degrees of freedom, p = 0.01)
+    counts = np.histogram(logs, bins=[-5, -4, -3, -2, -1])[0]
+    chi2 = ((counts - 1000) ** 2 / 1000).sum()
+    assert chi2 < 11.34, counts
+    # the same test tells plain uniform draws apart: it has the power to fail
+    linear = np.random.default_rng(0).uniform(1e-5, 1e-1, 4000)
+    assert stats.kstest(np.log10(linear), stats.uniform(loc=-5, scale=4).cdf).pvalue < 1e-6
+
+
+def test_random_draws_depend_only_on_seed_and_trial_number():
+    space = parse_space({"model.hidden_sizes": {"choice": [[64], [128, 64]]}, "train.epochs": {"int": [2, 10, ], "step": 2},
+                         "model.dropout": {"uniform": [0.0, 0.5]}})
+    first = [random_params(space, 7, i) for i in range(50)]
+    assert first == [random_params(space, 7, i) for i in range(50)]
+    assert first != [random_params(space, 8, i) for i in range(50)]
+    assert {tuple(p["model.hidden_sizes"]) for p in first} == {(64,), (128, 64)}
+    assert {p["train.epochs"] for p in first} <= {2, 4, 6, 8, 10} and all(0 <= p["model.dropout"] <= 0.5 for p in first)
+
+
+def test_grid_covers_exactly_the_grid(tmp_path):
+    sweep = tmp_path / "grid.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": f"{REPO}/configs/cpu_test.yaml", "method": "grid", "out_dir": str(tmp_path / "out"),
+        "space": {"optim.lr": {"log_uniform": [1.0e-3, 1.0e-1], "num": 3}, "model.hidden_sizes": {"choice": [[8], [16, 8]]},
+                  "train.epochs": {"int": [1, 3]}}}))
+    spec = load_sweep(sweep)
+    points = grid_params(spec.space)
+    expected = {(lr, hs, ep) for lr in (1e-3, 1e-2, 1e-1) for hs in ((8,), (16, 8)) for ep in (1, 2, 3)}
+    got = [(round(p["optim.lr"], 12), tuple(p["model.hidden_sizes"]), p["train.epochs"]) for p in points]
+    assert len(got) == 18 and set(got) == {(round(lr, 12), hs, ep) for lr, hs, ep in expected}
+    out = io.StringIO()
+    assert SweepRunner(spec, out=out).dry_run() == 0  # the plan the sweep would run: every point once
+    lines = out.getvalue().splitlines()
+    assert [line.split()[0] for line in lines] == [f"trial-{i:04d}" for i in range(18)]
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    capped = load_sweep(sweep, ["budget.max_trials=5"])
+    assert SweepRunner(capped, out=io.StringIO()).search.planned == 5
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"space": {"optim.lr": {"log_uniform": [0, 1]}}}, "'space.optim.lr.log_uniform': low 0 must be greater than 0"),
+    ({"space": {"optim.lr": {"uniform": [0.1, 0.2], "nun": 3}}}, "'space.optim.lr.nun': unknown key"),
+    ({"space": {"optim.lr": [0.1, 0.2]}}, "'space.optim.lr': must be a distribution"),
+    ({"space": {"lr": {"choice": [0.1]}}}, "'space.lr': is not a run-config key"),
+    ({"method": "grid"}, "'space.optim.lr': a log_uniform range has no finite grid (hint: add num: 4"),
+    ({"method": "bayes"}, "'method': 'bayes' is not allowed (hint: choose one of: random, grid, tpe)"),
+    ({"budget": {"max_trial": 3}}, "'budget.max_trial': unknown key"),
+    ({"budget": {}}, "'budget': a random search needs an end"),
+    ({"metric": "test_accuracy"}, "'metric': 'test_accuracy' is not allowed"),
+    ({"overrides": ["optim.lrr=0.1"]}, "'optim.lrr': unknown key"),
+    ({"base": "missing.yaml"}, "'base': 'missing.yaml' is not a file"),
+])
+def test_sweep_file_mistakes_name_the_key(tmp_path, change, words):
+    raw = {"base": f"{REPO}/configs/cpu_test.yaml", "space": {"optim.lr": {"log_uniform": [1.0e-3, 1.0e-1]}},
+           "budget": {"max_trials": 2}, **change}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(DistTrainError) as err:
+        load_sweep(tmp_path / "s.yaml")
+    assert words in str(err.value) and "s.yaml" in str(err.value)
+
+
+def test_a_space_key_the_config_does_not_have_stops_the_sweep_before_any_trial(tmp_path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "base": f"{REPO}/configs/cpu_test.yaml", "out_dir": str(tmp_path / "out"), "budget": {"max_trials": 2},
+        "space": {"optim.lrr": {"log_uniform": [1.0e-3, 1.0e-1]}}}))
+    with pytest.raises(DistTrainError, match="config key 'optim.lrr': unknown key"):
+        SweepRunner(load_sweep(tmp_path / "s.yaml"), out=io.StringIO()).run()
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_overrides_go_to_the_sweep_or_to_the_base_config(tmp_path):
+    spec = load_sweep(f"{REPO}/configs/sweep_digits.yaml", ["budget.max_trials=3", "train.epochs=2", f"out_dir={tmp_path}"])
+    assert spec.settings.budget.max_trials == 3 and spec.base.train.epochs == 2 and spec.out_dir == tmp_path
+    assert spec.base.early_stopping.enabled  # the file's own overrides still apply
+    with pytest.raises(DistTrainError, match="'bogus': is neither a sweep setting nor a run-config section"):
+        load_sweep(f"{REPO}/configs/sweep_digits.yaml", ["bogus=1"])
+
+
+def test_a_spent_time_budget_starts_no_trial(tmp_path):
+    spec = load_sweep(f"{REPO}/configs/sweep_digits.yaml", [f"out_dir={tmp_path}", "budget.max_minutes=1e-9"])
+    out = io.StringIO()
+    assert SweepRunner(spec, out=out).run() == 1  # nothing finished
+    assert "the time budget of 1e-09 min is spent" in out.getvalue() and "[sweep] no trial finished" in out.getvalue()
+    assert not list(tmp_path.glob("trial-*"))
+
+
+def test_ranking_puts_the_best_finished_trials_first_then_unfinished_then_failed():
+    records = [TrialRecord(0, {}, "finished", best=0.90), TrialRecord(1, {}, "failed"),
+               TrialRecord(2, {}, "finished", best=0.95), TrialRecord(3, {}, "stopped", best=0.99),
+               TrialRecord(4, {}, "finished", best=0.80)]
+    assert [r.index for r in ranked(records, "max")] == [2, 0, 4, 3, 1]
+    assert [r.index for r in ranked(records, "min")] == [4, 0, 2, 3, 1]
+
+
+def test_parallel_trials_get_disjoint_gpus():
+    assert gpu_slots(["0", "1", "2", "3"], 2, 2) == ["0,1", "2,3"]
+    assert gpu_slots(["4", "6"], 2, 1) == ["4", "6"]
+    with pytest.raises(DistTrainError, match="need 4 GPUs, and 3 are visible"):
+        gpu_slots(["0", "1", "2"], 2, 2)
+
+
+# ------------------------------------------------------------ real sweeps
+
+def sweep_cli(*args, timeout=240):
+    return subprocess.run([*DIST_TRAIN, "sweep", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=ENV)
+
+
+def epochs_of(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "epoch"]
+
+
+@pytest.mark.slow
+def test_random_sweep_resumes_ranks_its_trials_and_writes_a_best_config_that_runs(tmp_path):
+    out = tmp_path / "sweep"
+    common = ["configs/sweep_digits.yaml", f"out_dir={out}", "workers_per_trial=1", "parallel_trials=2", *FAST]
+    first = sweep_cli(*common, "budget.max_trials=2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    done = {i: (out / f"trial-{i:04d}" / "metrics.jsonl").read_bytes() for i in (0, 1)}
+
+    second = sweep_cli(*common, "budget.max_trials=4")  # the same sweep, a larger budget
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "[trial-0000] finished earlier: skipped" in second.stdout
+    assert "[trial-0001] finished earlier: skipped" in second.stdout
+    assert "[trial-0002] start" in second.stdout and "[trial-0003] start" in second.stdout
+    for i, content in done.items():  # not trained again
+        assert (out / f"trial-{i:04d}" / "metrics.jsonl").read_bytes() == content
+
+    results = json.loads((out / "results.json").read_text())
+    trials = results["trials"]
+    assert sorted(t["trial"] for t in trials) == [f"trial-{i:04d}" for i in range(4)]
+    assert all(t["status"] == "finished" and t["epochs"] == 2 for t in trials)
+    bests = [t["best"] for t in trials]
+    assert bests == sorted(bests, reverse=True) and results["best_trial"] == trials[0]["trial"]
+    for t in trials:  # each best is the run's own best epoch, read from its metrics.jsonl
+        assert t["best"] == max(e["val_accuracy"] for e in epochs_of(t["run_dir"]))
+        written = yaml.safe_load((Path(t["run_dir"]) / "config.yaml").read_text())
+        assert written["wandb"]["group"] == "sweep_digits" and written["wandb"]["name"] == f"sweep_digits-{t['trial']}"
+        assert written["optim"]["lr"] == t["params"]["optim.lr"]
+    csv_rows = (out / "results.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("rank,trial,status,optim.lr,model.hidden_sizes,model.dropout,best val_accuracy")
+    assert [row.split(",")[1] for row in csv_rows[1:]] == [t["trial"] for t in trials]
+    printed = [line.split()[1] for line in second.stdout.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"], ["4"])]
+    assert printed == [t["trial"] for t in trials]  # the printed table, best first
+
+    best = trials[0]
+    best_yaml = out / "best.yaml"
+    cfg = yaml.safe_load(best_yaml.read_text())
+    assert cfg["run"]["dir"] == str(out / "best") and cfg["optim"]["lr"] == best["params"]["optim.lr"]
+    rerun = subprocess.run([*DIST_TRAIN, "run", str(best_yaml)], capture_output=True, text=True, timeout=120,
+                           cwd=REPO, env=ENV)
+    assert rerun.returncode == 0, rerun.stderr
+    again, original = epochs_of(out / "best"), epochs_of(best["run_dir"])
+    assert [e["val_accuracy"] for e in again] == [e["val_accuracy"] for e in original]
+    assert [e["val_loss"] for e in again] == pytest.approx([e["val_loss"] for e in original], rel=1e-6)
+
+
+def wait_for(condition, what, proc, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit {proc.returncode}) before {what}:\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s}s")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_stopped_sweep_resumes_its_running_trial_and_keeps_the_failed_one(tmp_path):
+    out = tmp_path / "sweep"
+    sweep = tmp_path / "grid.yaml"
+    # trial 0 diverges (SGD with lr 1e4): a failure, recorded; trial 1 is stopped mid-way and resumed
+    sweep.write_text(yaml.safe_dump({
+        "base": f"{REPO}/configs/quickstart.yaml", "method": "grid", "out_dir": str(out),
+        "overrides": ["optim.name=sgd", "train.epochs=40", "train.global_batch_size=32",
+                      "train.stop_check_every_steps=5", *FAST[1:]],
+        "space": {"optim.lr": {"choice": [1.0e+4, 0.05]}}}))
+    proc = subprocess.Popen([*DIST_TRAIN, "sweep", str(sweep)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=REPO, env=ENV)
+    try:
+        running = out / "trial-0001" / "metrics.jsonl"
+        wait_for(lambda: running.exists() and '"event": "epoch"' in running.read_text(), "an epoch of trial 1", proc)
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, stdout
+    failed = json.loads((out / "trial-0000" / "trial.json").read_text())
+    assert failed["status"] == "failed" and "non-finite loss" in failed["error"], failed
+    stopped = json.loads((out / "trial-0001" / "trial.json").read_text())
+    assert stopped["status"] == "stopped" and 0 < stopped["epochs"] < 40
+    failed_log = (out / "trial-0000" / "trial.log").read_bytes()
+
+    again = sweep_cli(sweep)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "[trial-0000] failed earlier: skipped" in again.stdout and "[trial-0001] resume" in again.stdout
+    assert (out / "trial-0000" / "trial.log").read_bytes() == failed_log  # not run again
+    records = [json.loads(line) for line in running.read_text().splitlines()]
+    resumes = [r for r in records if r["event"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["epoch"] == stopped["epochs"]  # from its checkpoint, not from scratch
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == list(range(40))
+    results = json.loads((out / "results.json").read_text())
+    assert [(t["trial"], t["status"]) for t in results["trials"]] == [("trial-0001", "finished"), ("trial-0000", "failed")]
+    assert [t["params"]["optim.lr"] for t in results["trials"]] == [0.05, 1.0e+4]  # exactly the grid
+    assert math.isclose(results["trials"][0]["best"], max(r["val_accuracy"] for r in records if r["event"] == "epoch"))
+
+
+# ------------------------------------------------------------ model-based search (optional optuna)
+
+def tpe_spec(tmp_path, *overrides):
+    (tmp_path / "tpe.yaml").write_text(yaml.safe_dump({
+        "base": f"{REPO}/configs/cpu_test.yaml", "method": "tpe", "out_dir": str(tmp_path / "out"),
+        "budget": {"max_trials": 8}, "space": {"optim.lr": {"log_uniform": [1.0e-4, 1.0e-1]},
+                                               "model.hidden_sizes": {"choice": [[8], [32, 16]]}}}))
+    return load_sweep(tmp_path / "tpe.yaml", list(overrides))
+
+
+def test_tpe_without_optuna_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
+    with pytest.raises(DistTrainError, match=r"pip install 'dist-train\[sweep\]'"):
+        SweepRunner(tpe_spec(tmp_path), out=io.StringIO())
+
+
+def test_tpe_proposes_in_range_and_learns_from_earlier_trials(tmp_path):
+    pytest.importorskip("optuna")
+    from dist_train.sweep.search import TPESearch
+
+    spec = tpe_spec(tmp_path)
+    search = TPESearch(spec, {})
+    records = {}
+    for i in range(4):
+        params = search.params(i, None)
+        assert 1e-4 <= params["optim.lr"] <= 1e-1 and params["model.hidden_sizes"] in ([8], [32, 16])
+        records[i] = TrialRecord(i, params, "finished" if i != 2 else "failed", best=None if i == 2 else 0.5 + i / 10)
+        search.observe(records[i])
+    assert [t.state.name for t in search.study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    # a later sweep command rebuilds the study from the records, and does not draw the same trials again
+    resumed = TPESearch(spec, records)
+    assert [t.value for t in resumed.study.trials] == [0.5, 0.6, None, 0.8]
+    assert resumed.params(4, None) not in [r.params for r in records.values()]
