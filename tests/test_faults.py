@@ -2,6 +2,7 @@
 SIGTERM mid-epoch, kill -9 under the elastic launcher, a lost peer, a
 different number of workers on resume."""
 
+import importlib.util
 import json
 import os
 import random
@@ -35,8 +36,8 @@ NAN = ["data.source=synthetic", "data.num_samples=300", "data.num_features=8", "
        "checkpoint.every_steps=2"]
 
 
-def nan_worker(env, mode, run_dir):
-    cfg = load_config(None, [*NAN, f"train.nonfinite={mode}", f"run.dir={run_dir}"])
+def nan_worker(env, mode, run_dir, strategy=()):
+    cfg = load_config(None, [*NAN, f"train.nonfinite={mode}", f"run.dir={run_dir}", *strategy])
     resolved = resolve(cfg, env.world_size)
     splits = build_splits(cfg.data)
     splits.train.inputs[17, 3] = float("nan")  # one sample: it lands on exactly one rank
@@ -51,12 +52,19 @@ def nan_worker(env, mode, run_dir):
         outcome = ("finished", result.steps)
     except TrainingFailed as exc:
         outcome = ("failed", str(exc))
-    weights_finite = all(torch.isfinite(v).all() for v in trainer.strategy.model.state_dict().values())
+    weights_finite = all(torch.isfinite(v).all() for v in trainer.strategy.model_state_dict().values())
     return {"outcome": outcome, "owner": owner, "finite": bool(weights_finite)}
 
 
-def test_nan_on_one_rank_stops_every_rank_with_a_message(tmp_path):
-    r0, r1 = run_workers(nan_worker, 2, "stop", str(tmp_path), timeout_s=120)
+STRATEGIES = [pytest.param((), id="ddp"),
+              pytest.param(("strategy.name=deepspeed", "strategy.zero_stage=2"), id="deepspeed-zero2",
+                           marks=pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                                    reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')"))]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_nan_on_one_rank_stops_every_rank_with_a_message(tmp_path, strategy):
+    r0, r1 = run_workers(nan_worker, 2, "stop", str(tmp_path), strategy, timeout_s=120)
     assert len(r0["owner"]) == 1  # the NaN sample sat on one rank only
     assert r0["outcome"][0] == r1["outcome"][0] == "failed"
     assert "non-finite loss or gradient" in r0["outcome"][1] and "train.nonfinite=skip" in r0["outcome"][1]
@@ -67,8 +75,9 @@ def test_nan_on_one_rank_stops_every_rank_with_a_message(tmp_path):
         assert all(torch.isfinite(v).all() for v in weights.values())
 
 
-def test_nan_steps_can_be_skipped(tmp_path):
-    r0, r1 = run_workers(nan_worker, 2, "skip", str(tmp_path), timeout_s=120)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_nan_steps_can_be_skipped(tmp_path, strategy):
+    r0, r1 = run_workers(nan_worker, 2, "skip", str(tmp_path), strategy, timeout_s=120)
     assert r0["outcome"] == r1["outcome"] and r0["outcome"][0] == "finished"
     assert r0["finite"]
     skipped = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()

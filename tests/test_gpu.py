@@ -28,3 +28,32 @@ def test_cuda_training_matches_cpu_training():
         results[device] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     for key, value in results["cpu"].items():
         assert torch.allclose(value, results["cuda"][key], atol=1e-4), key
+
+
+def precision_accuracies(env, config):
+    """One GPU, a process group of one over NCCL: every precision under DDP and DeepSpeed."""
+    out = {}
+    for strategy in ("ddp", "deepspeed"):
+        for precision in ("fp32", "bf16", "fp16"):
+            if strategy == "deepspeed":
+                try:
+                    import deepspeed  # noqa: F401
+                except ImportError:
+                    continue
+            cfg = load_config(config, ["run.progress=false", "wandb.mode=disabled", "dist.device=cuda",
+                                       f"strategy.name={strategy}", f"train.precision={precision}"])
+            out[(strategy, precision)] = Trainer(cfg, env, resolve(cfg, env.world_size)).fit().test["accuracy"]
+    return out
+
+
+@pytest.mark.parametrize("config", ["configs/quickstart.yaml", "configs/digits_cnn.yaml"])
+def test_bf16_and_fp16_reach_the_fp32_accuracy_band_under_ddp_and_deepspeed(config):
+    from pathlib import Path
+
+    from tests.multiproc import run_workers
+
+    path = str(Path(__file__).resolve().parent.parent / config)
+    (result,) = run_workers(precision_accuracies, 1, path, timeout_s=900, device="cuda")
+    for (strategy, precision), accuracy in result.items():
+        reference = result[(strategy, "fp32")]
+        assert abs(accuracy - reference) <= 0.03, f"{config} {strategy} {precision}: {accuracy:.3f} vs fp32 {reference:.3f}"
