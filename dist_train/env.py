@@ -64,14 +64,22 @@ class DistEnv:
         if use_cuda:
             if not torch.cuda.is_available():
                 raise DistTrainError("dist.device is 'cuda' but torch sees no CUDA device; use dist.device=cpu")
-            count = torch.cuda.device_count()
-            if local_rank >= count:
-                raise DistTrainError(
-                    f"LOCAL_RANK={local_rank} but this node has only {count} GPU(s): start at most "
-                    f"{count} workers per node (--nproc-per-node / --ntasks-per-node)"
-                )
-            return cls(rank, local_rank, world_size, local_world_size, node_rank, f"cuda:{local_rank}", "nccl", **common)
+            index = cuda_device_index(local_rank, torch.cuda.device_count(), environ.get("CUDA_VISIBLE_DEVICES"))
+            return cls(rank, local_rank, world_size, local_world_size, node_rank, f"cuda:{index}", "nccl", **common)
         return cls(rank, local_rank, world_size, local_world_size, node_rank, "cpu", "gloo", **common)
+
+
+def cuda_device_index(local_rank: int, count: int, visible: str | None) -> int:
+    """The GPU this worker drives: the one of its local rank, or the only one it
+    sees when the scheduler gave each task its own (SLURM --gpus-per-task, or
+    --gpu-bind=single: CUDA_VISIBLE_DEVICES names one device)."""
+    if local_rank < count:
+        return local_rank
+    if count == 1 and visible is not None and len([d for d in visible.split(",") if d.strip()]) == 1:
+        return 0
+    raise DistTrainError(
+        f"LOCAL_RANK={local_rank} but this node has only {count} GPU(s) visible to the worker: start at most "
+        f"{count} workers per node (--nproc-per-node / --ntasks-per-node)")
 
 
 def _int_var(environ: Mapping[str, str], name: str, default: int) -> int:

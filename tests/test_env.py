@@ -34,3 +34,16 @@ def test_asking_for_cuda_without_a_gpu_says_so():
     with pytest.raises(DistTrainError, match="torch sees no CUDA device"):
         DistEnv.from_env({}, device="cuda")
     assert DistEnv.from_env({}, device="auto").device == "cpu"
+
+
+def test_cuda_device_index_follows_the_local_rank_or_the_one_gpu_a_task_was_given():
+    """Pure logic (no GPU here): SLURM's --gpus-per-task leaves each task one
+    visible GPU while LOCAL_RANK counts the node's tasks."""
+    from dist_train.env import cuda_device_index
+
+    assert cuda_device_index(1, 4, None) == 1
+    assert cuda_device_index(3, 1, "3") == 0  # one task, one GPU: it is device 0 of what the task sees
+    with pytest.raises(DistTrainError, match="only 1 GPU"):
+        cuda_device_index(1, 1, None)  # no sign the scheduler bound one GPU per task
+    with pytest.raises(DistTrainError, match="only 2 GPU"):
+        cuda_device_index(2, 2, "0,1")
