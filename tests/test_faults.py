@@ -149,7 +149,8 @@ def test_worker_killed_is_restarted_and_ends_with_the_uninterrupted_weights(tmp_
     proc = launch(tmp_path, restarts=1)
     step = random.Random(seed).randrange(8, 150)
     wait_for_step(tmp_path, step, proc)
-    workers = subprocess.run(["pgrep", "-f", "launcher.worker"], capture_output=True, text=True).stdout.split()
+    workers = subprocess.run(["pgrep", "-f", f"launcher.worker.*run.dir={tmp_path}"], capture_output=True,
+                             text=True).stdout.split()  # this job's workers only
     assert workers, "no worker processes found"
     os.kill(int(random.Random(seed).choice(workers)), signal.SIGKILL)
     code, out = finish(proc)
