@@ -167,6 +167,7 @@ def test_a_lost_peer_ends_the_job_with_a_clear_message_instead_of_hanging(tmp_pa
     assert time.monotonic() - start < 60  # well within the timeout plus start-up, not torch's 30 minutes
     assert code == 1, out
     assert "lost contact with another worker" in out and "resume from the last checkpoint" in out
+    assert "no answer within 5s from rank 1 on" in out  # the lost peer, named
 
 
 # ------------------------------------------------------------ a different number of workers
