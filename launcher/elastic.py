@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -188,6 +189,15 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         # nothing is left to wait for once the workers have ended.
         grace_s = max(timeout_s, 5.0) if args.max_restarts > 0 else 5.0
         StuckAgentWatchdog(endpoint, grace_s, status_dir).start()
+    def usr1_like_sigterm(signum: int, frame: object) -> None:
+        # what torch's agent does on SIGTERM: it ends its loop, passes the signal
+        # to the workers and waits for them (to save and exit 75)
+        raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
+
+    # SLURM's preemption notice (--signal=USR1) reaches every process of the job
+    # step. torchrun handles TERM, INT, HUP and QUIT only (before torch 2.9, and
+    # by default after): USR1 would kill it and leave its workers behind.
+    previous_usr1 = signal.signal(signal.SIGUSR1, usr1_like_sigterm)
     try:
         torchrun_main(torchrun_argv(args, config, overrides))
     except SignalException as exc:
@@ -208,5 +218,6 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         print(f"dist-train launch: workers failed{detail}; see the worker output above", file=sys.stderr, flush=True)
         return 1
     finally:
+        signal.signal(signal.SIGUSR1, previous_usr1)
         shutil.rmtree(status_dir, ignore_errors=True)
     return 0
