@@ -119,3 +119,16 @@ def kill_tree(pid: int) -> None:
             os.kill(p, 9)
         except ProcessLookupError:
             pass
+
+
+def worker_pids(launcher_pid: int) -> list[int]:
+    """The `dist-train launch` workers below one launcher (not other runs' on this machine)."""
+    found = []
+    for pid in descendants(launcher_pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"launcher.worker" in f.read():
+                    found.append(pid)
+        except OSError:  # ended meanwhile
+            pass
+    return sorted(found)

@@ -25,7 +25,7 @@ from dist_train.errors import TrainingFailed
 from dist_train.resolve import resolve
 from dist_train.trainer import Trainer
 from tests.conftest import REPO
-from tests.multiproc import free_port, run_workers
+from tests.multiproc import free_port, run_workers, worker_pids
 
 # ------------------------------------------------------------ non-finite values
 
@@ -73,6 +73,27 @@ def test_nan_steps_can_be_skipped(tmp_path):
     skipped = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
                if '"skipped_step"' in line]
     assert len(skipped) == 2  # the NaN sample is in one step of each of the 2 epochs
+
+
+# ------------------------------------------------------------ stop requests
+
+REPEAT = """
+import os, signal
+from dist_train.callbacks import StopRequest
+stop = StopRequest().install()
+os.kill(os.getpid(), signal.SIGUSR1)   # SLURM's notice to every process of the step
+os.kill(os.getpid(), signal.SIGUSR1)   # and torchrun passing it on: the same notice
+print("still here", stop.requested, stop.signal_name, flush=True)
+stop._first_at -= StopRequest.REPEAT_S  # much later: someone insists
+os.kill(os.getpid(), signal.SIGTERM)
+print("not reached", flush=True)
+"""
+
+
+def test_a_repeated_notice_is_one_stop_request_and_a_later_signal_stops_at_once():
+    proc = subprocess.run([sys.executable, "-c", REPEAT], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines() == ["still here True SIGUSR1"], proc.stdout + proc.stderr
+    assert proc.returncode == -signal.SIGTERM
 
 
 # ------------------------------------------------------------ the command line
@@ -139,9 +160,11 @@ def test_worker_killed_is_restarted_and_ends_with_the_uninterrupted_weights(tmp_
     proc = launch(tmp_path, restarts=1)
     step = random.Random(seed).randrange(8, 150)
     wait_for_step(tmp_path, step, proc)
-    workers = subprocess.run(["pgrep", "-f", "launcher.worker"], capture_output=True, text=True).stdout.split()
+    # this launcher's workers only: `pgrep -f launcher.worker` would also find
+    # (and kill) the workers of other test runs on the same machine
+    workers = worker_pids(proc.pid)
     assert workers, "no worker processes found"
-    os.kill(int(random.Random(seed).choice(workers)), signal.SIGKILL)
+    os.kill(random.Random(seed).choice(workers), signal.SIGKILL)
     code, out = finish(proc)
     assert code == 0, out
     assert out.count("resuming from") >= 1

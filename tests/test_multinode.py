@@ -8,7 +8,6 @@ nodes within the timeout, naming the lost peer, without hanging."""
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -19,38 +18,22 @@ import torch
 
 from dist_train.checkpoint import find_latest_valid
 from tests.conftest import REPO
-from tests.multiproc import descendants, kill_tree
+from tests.multiproc import kill_tree, worker_pids
+from tests.netns import ADDR, HOST, SCRIPT, cannot_make_hosts
 
-SCRIPT = f"{REPO}/tests/e2e/netns_hosts.sh"
-PREFIX = os.environ.get("DTN_PREFIX", "dtn")
-HOST = {1: f"{PREFIX}-h1", 2: f"{PREFIX}-h2"}
-ADDR = {1: "10.200.0.1", 2: "10.200.0.2"}
 CPU = ["configs/cpu_test.yaml", "train.epochs=12", "checkpoint.every_steps=5", "checkpoint.keep_last=3",
        "train.stop_check_every_steps=1", "model.dropout=0.2", "wandb.mode=disabled"]
 ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 pytestmark = pytest.mark.slow
 
 
-def _cannot_make_hosts() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces are Linux only"
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    for tool in ("ip", "nsenter", "unshare"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is missing (iproute2, util-linux)"
-    if subprocess.run(["unshare", "--net", "--mount", "--uts", "true"], capture_output=True).returncode != 0:
-        return "this machine does not allow new network namespaces (a container without CAP_SYS_ADMIN?)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def hosts():
-    reason = _cannot_make_hosts()
+    reason = cannot_make_hosts()
     if reason:
         pytest.skip(reason)
-    subprocess.run(["bash", SCRIPT, "up"], check=True, timeout=60)
     try:
+        subprocess.run(["bash", SCRIPT, "up"], check=True, timeout=60)
         yield
     finally:  # also kills whatever still runs on the hosts
         subprocess.run(["bash", SCRIPT, "down"], timeout=60)
@@ -124,35 +107,44 @@ def assert_same_weights(expected, got):
 
 @pytest.fixture(scope="module")
 def one_node(tmp_path_factory):
-    """The same job as 2 workers on one node: the reference."""
-    run_dir = tmp_path_factory.mktemp("one-node") / "run"
-    proc = subprocess.run([sys.executable, "-m", "launcher", "launch", "--nproc-per-node", "2", *CPU,
-                           f"run.dir={run_dir}"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return weights(run_dir)
+    """The same job as N workers on one node: the reference (each N run once)."""
+    done = {}
+
+    def weights_of(workers):
+        if workers not in done:
+            run_dir = tmp_path_factory.mktemp(f"one-node-{workers}") / "run"
+            proc = subprocess.run([sys.executable, "-m", "launcher", "launch", "--nproc-per-node", str(workers), *CPU,
+                                   f"run.dir={run_dir}"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                                  timeout=300)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            done[workers] = weights(run_dir)
+        return done[workers]
+
+    return weights_of
 
 
 @pytest.mark.timeout(300)
-def test_two_nodes_end_with_the_weights_of_one_node(nodes, one_node, tmp_path):
-    procs = nodes(tmp_path / "run")
+@pytest.mark.parametrize("per_node", [1, 2])
+def test_two_nodes_end_with_the_weights_of_one_node(nodes, one_node, tmp_path, per_node):
+    procs = nodes(tmp_path / "run", nproc=per_node)
     (code1, _), (code2, _) = wait_all(procs, timeout=240)
     assert (code1, code2) == (0, 0), output(tmp_path, 1) + output(tmp_path, 2)
-    assert "world_size=2" in output(tmp_path, 1) + output(tmp_path, 2)
-    assert_same_weights(one_node, weights(tmp_path / "run"))
+    assert f"world_size={2 * per_node}" in output(tmp_path, 1) + output(tmp_path, 2)
+    assert_same_weights(one_node(2 * per_node), weights(tmp_path / "run"))
 
 
 @pytest.mark.timeout(300)
 def test_a_worker_killed_on_one_node_is_restarted_and_resumes_from_the_shared_checkpoint(nodes, one_node, tmp_path):
     procs = nodes(tmp_path / "run", restarts=1)
     wait_for_step(tmp_path / "run", random.Random(7).randrange(20, 140), procs)
-    workers = [p for p in descendants(procs[1].pid) if "launcher.worker" in Path(f"/proc/{p}/cmdline").read_text()]
+    workers = worker_pids(procs[1].pid)  # node 2's
     assert len(workers) == 1, workers
     os.kill(workers[0], 9)
     (code1, _), (code2, _) = wait_all(procs, timeout=240)
     both = output(tmp_path, 1) + output(tmp_path, 2)
     assert (code1, code2) == (0, 0), both
     assert "resuming from" in both
-    assert_same_weights(one_node, weights(tmp_path / "run"))  # as if nothing had happened
+    assert_same_weights(one_node(2), weights(tmp_path / "run"))  # as if nothing had happened
 
 
 @pytest.mark.timeout(240)
@@ -168,7 +160,7 @@ def test_a_link_kept_down_ends_the_job_within_the_timeout_naming_the_lost_peer(n
     # the timeout, a 5 s roll call, and on node 2 the launcher's 5 s look at the store
     assert took1 < timeout_s + 20 and took2 < timeout_s + 25, (took1, took2)
     # node 1 still holds the store: it names the rank that did not answer, and where it ran
-    assert f"lost contact with another worker: no answer within 5s from rank" in one
+    assert "lost contact with another worker: no answer within 5s from rank" in one
     assert f"on {HOST[2]} ({ADDR[2]})" in one
     # node 2 cannot reach the store on node 1; its launcher does not wait on it forever
     assert "lost contact with another worker: cannot reach rank" in two
