@@ -6,6 +6,7 @@ ever stops alone."""
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 import torch
@@ -75,18 +76,27 @@ class StopRequest:
     boundary, saves and exits with EXIT_RESUME."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    # One notice often arrives twice: SLURM signals every process of a job step,
+    # and torchrun, signalled too, passes the same signal on to its workers a
+    # moment later. Repeats this soon after the first are that same notice.
+    REPEAT_S = 5.0
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name: str | None = None
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # asked twice: stop now, the way the signal would without us
+        if self.requested:
+            if time.monotonic() - self._first_at < self.REPEAT_S:
+                return
+            # asked again later: stop now, the way the signal would without us
             self.uninstall()
             signal.raise_signal(signum)
             return
         self.requested = True
+        self._first_at = time.monotonic()
         self.signal_name = signal.Signals(signum).name
 
     def install(self) -> "StopRequest":

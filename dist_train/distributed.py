@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -17,25 +21,115 @@ import torch.distributed as dist
 from dist_train.env import DistEnv
 
 
+# How long a roll call after a failed collective waits for the other ranks to
+# check in. Ranks that lost the same peer fail within about a second of each
+# other (a reset connection at once, a timed-out one after dist.timeout_s, both
+# counted from the same collective), so a few seconds tell the lost from the living.
+ROLL_CALL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Peers:
+    """Where each rank runs, learned once when the group starts, so that a
+    failure can name the peer that was lost instead of "another worker"."""
+
+    env: DistEnv
+    hosts: tuple[str, ...]  # per rank: "hostname (address)"
+    store_prefix: str  # where in the job's store this group holds its roll call
+
+    def roll_call(self, wait_s: float = ROLL_CALL_S) -> str:
+        """Called by each rank whose collective failed: check in at the job's
+        store and see who else does within `wait_s`. Returns a sentence naming
+        the ranks (and hosts) that did not answer, or the store if it cannot be
+        reached. Never blocks much longer than `wait_s` (the store client runs
+        on a thread it does not wait for beyond that)."""
+        answer: list[str] = []
+        thread = threading.Thread(target=lambda: answer.append(self._roll_call(wait_s)), daemon=True)
+        thread.start()
+        thread.join(2 * wait_s + 5)
+        return answer[0] if answer else self._store_unreachable()
+
+    def _roll_call(self, wait_s: float) -> str:
+        env = self.env
+        try:
+            # a plain connection first: torch's client would retry noisily for wait_s
+            socket.create_connection((env.master_addr, env.master_port), timeout=wait_s).close()
+            client = dist.TCPStore(env.master_addr, env.master_port, is_master=False,
+                                   timeout=datetime.timedelta(seconds=wait_s), wait_for_workers=False)
+            store = dist.PrefixStore(self.store_prefix, client)
+            store.set(str(env.rank), "here")
+            deadline = time.monotonic() + wait_s
+            missing = [r for r in range(env.world_size) if r != env.rank]
+            while missing and time.monotonic() < deadline:
+                missing = [r for r in missing if not store.check([str(r)])]
+                time.sleep(0.1)
+        except Exception:  # the store itself is gone: its host, or the network to it
+            return self._store_unreachable()
+        if not missing:
+            return "every rank answered a roll call afterwards: a peer was slower than the timeout, or the network dropped for a while"
+        by_host: dict[str, list[int]] = {}
+        for r in missing:
+            by_host.setdefault(self.hosts[r], []).append(r)
+        lost = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))} on {host}"
+                         for host, ranks in by_host.items())
+        return f"no answer within {wait_s:g}s from {lost}"
+
+    def _store_unreachable(self) -> str:
+        """Names the ranks on the store's host: those are the peers this rank lost."""
+        env = self.env
+        try:
+            address = socket.gethostbyname(env.master_addr)
+        except OSError:
+            address = env.master_addr
+        there = [r for r, h in enumerate(self.hosts) if h.endswith(f"({address})") or h.split(" ")[0] == env.master_addr]
+        if env.rank in there or not there:
+            return (f"cannot reach the job's store at {env.master_addr}:{env.master_port}: its host or the network "
+                    f"to it is down")
+        ranks = ",".join(map(str, there))
+        return (f"cannot reach rank{'s' if len(there) > 1 else ''} {ranks} on {self.hosts[there[0]]} nor the job's "
+                f"store there ({env.master_addr}:{env.master_port}): that host or the network to it is down")
+
+
+def _this_host(env: DistEnv) -> str:
+    """This host's name and the address it reaches the job's store from."""
+    address = "?"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(env.master_addr), env.master_port))  # picks the route; sends nothing
+            address = s.getsockname()[0]
+    except OSError:
+        pass
+    return f"{socket.gethostname()} ({address})"
+
+
 @contextlib.contextmanager
-def process_group(env: DistEnv, timeout_s: float) -> Iterator[None]:
+def process_group(env: DistEnv, timeout_s: float) -> Iterator[Peers | None]:
     """Start the process group (when world_size > 1) with an explicit timeout,
-    so a lost peer fails the job instead of hanging for torch's 30 minutes."""
+    so a lost peer fails the job instead of hanging for torch's 30 minutes.
+    Yields where each rank runs (None with one worker), for naming a lost peer."""
     if not env.is_distributed or dist.is_initialized():
-        yield
+        yield None
         return
     if env.device.startswith("cuda"):
         torch.cuda.set_device(env.device)
     kwargs: dict = {}
     if env.backend == "nccl":
         kwargs["device_id"] = torch.device(env.device)
+    prefix = "dist-train"
     if env.agent_store:
         # Under torchrun the agent's store outlives a restart of the workers, with
-        # the previous group's addresses still in it: the restarted workers would
-        # try to connect to peers that are gone. A prefix per restart keeps them apart.
+        # the previous group's addresses still in it: restarted workers would try
+        # to connect to peers that are gone. So each start of the group gets keys
+        # of its own. TORCHELASTIC_RESTART_COUNT cannot name the start: it counts
+        # this node's failures, and a node restarted because another one failed
+        # keeps its count. What every rank of a new group shares is how many
+        # groups of this world size have started (each starts every rank once),
+        # which each rank counts for itself.
         store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False,
                               timeout=datetime.timedelta(seconds=timeout_s))
-        kwargs["store"] = dist.PrefixStore(f"dist-train/restart-{env.restart_count}", store)
+        start = store.add(f"dist-train/starts/world-{env.world_size}/rank-{env.rank}", 1)
+        prefix = f"dist-train/world-{env.world_size}/start-{start}"
+        kwargs["store"] = dist.PrefixStore(prefix, store)
     dist.init_process_group(
         backend=env.backend,
         rank=env.rank,
@@ -44,7 +138,9 @@ def process_group(env: DistEnv, timeout_s: float) -> Iterator[None]:
         **kwargs,
     )
     try:
-        yield
+        hosts: list[str] = [""] * env.world_size
+        dist.all_gather_object(hosts, _this_host(env))
+        yield Peers(env, tuple(hosts), f"{prefix}/roll-call")
     finally:
         dist.destroy_process_group()
 

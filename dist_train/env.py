@@ -26,9 +26,7 @@ class DistEnv:
     backend: str = "gloo"
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
-    # torchrun: which restart of the worker group this is, and whether its agent
-    # hosts the store the workers meet in
-    restart_count: int = 0
+    # torchrun: whether its agent hosts the store the workers meet in
     agent_store: bool = False
 
     @property
@@ -53,7 +51,6 @@ class DistEnv:
         local_world_size = _int_var(environ, "LOCAL_WORLD_SIZE", 1)
         node_rank = _int_var(environ, "GROUP_RANK", rank // max(local_world_size, 1))
         common = {"master_addr": environ.get("MASTER_ADDR", "127.0.0.1"), "master_port": _int_var(environ, "MASTER_PORT", 29500),
-                  "restart_count": _int_var(environ, "TORCHELASTIC_RESTART_COUNT", 0),
                   "agent_store": environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"}
         if not 0 <= rank < world_size:
             raise DistTrainError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,18 +35,21 @@ def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer) -> in
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(env.local_world_size, 1)))
     stop = StopRequest()
     try:
-        with process_group(env, cfg.dist.timeout_s):
+        with process_group(env, cfg.dist.timeout_s) as peers:
             # only now: until the loop runs, a signal must end the process as usual
             stop.install()
             try:
                 return _train(cfg, env, resolved, stop, trainer_class)
             except RuntimeError as exc:
                 if _is_lost_peer(exc):
+                    who = f": {peers.roll_call()}" if peers is not None else ""
+                    # gloo's first line, without its source-file prefix
+                    cause = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).splitlines()[0] if str(exc) else "")[:200]
                     raise TrainingFailed(
-                        f"lost contact with another worker ({str(exc).splitlines()[0][:200]}): a peer process died or "
-                        f"the network failed. The job stops after dist.timeout_s={cfg.dist.timeout_s:g}s instead of "
-                        f"hanging; run it again (or launch with --max-restarts) to resume from the last checkpoint "
-                        f"in {cfg.run.dir}") from exc
+                        f"lost contact with another worker{who} ({cause}). A peer process died or the network "
+                        f"failed (a collective waits at most dist.timeout_s={cfg.dist.timeout_s:g}s, then the job "
+                        f"stops instead of hanging); run it again (or launch with --max-restarts) to resume from the "
+                        f"last checkpoint in {cfg.run.dir}") from exc
                 raise
     finally:
         stop.uninstall()

@@ -193,7 +193,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     world_size = planned_world_size(args)
     if world_size is not None:
         resolve(cfg, world_size)
-    return launch(args, args.config, overrides)
+    return launch(args, args.config, overrides, cfg.dist.timeout_s)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

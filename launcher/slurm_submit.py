@@ -19,8 +19,9 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, as for `run`")
     parser.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
     parser.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; 0 (default): the CPU template")
-    parser.add_argument("--ntasks", type=int, default=2, help="CPU template: workers (default 2)")
-    parser.add_argument("--cpus-per-task", type=int, default=1, help="CPU cores per task (default 1)")
+    parser.add_argument("--ntasks", type=int, default=2,
+                        help="without GPUs: workers in all, spread evenly over --nodes (default 2)")
+    parser.add_argument("--cpus-per-task", type=int, default=1, help="CPU cores per worker (default 1)")
     parser.add_argument("--time", default="01:00:00", help="time limit, HH:MM:SS (default 01:00:00)")
     parser.add_argument("--partition", default=None, help="partition (default: the cluster's default)")
     parser.add_argument("--job-name", default=None, help="job name (default: the config's file name)")
@@ -34,20 +35,31 @@ def choose_template(args: argparse.Namespace) -> Path:
     if args.template:
         return Path(args.template)
     if args.nodes > 1:
-        if args.gpus_per_node < 1:
-            raise DistTrainError("--nodes > 1 needs --gpus-per-node (the multi-node template starts one worker per GPU)")
         return TEMPLATES / "multi_node.sbatch"
     return TEMPLATES / ("single_node_gpu.sbatch" if args.gpus_per_node else "cpu.sbatch")
 
 
+def workers_per_node(args: argparse.Namespace) -> int:
+    """One worker per GPU; without GPUs, --ntasks workers spread evenly over the nodes."""
+    if args.gpus_per_node:
+        return args.gpus_per_node
+    if args.nodes < 1 or args.ntasks % args.nodes:
+        raise DistTrainError(f"--ntasks {args.ntasks} does not spread evenly over --nodes {args.nodes}: without GPUs "
+                             f"each node runs ntasks / nodes workers; pass a multiple of {args.nodes}")
+    return args.ntasks // args.nodes
+
+
 def render(args: argparse.Namespace, run_dir: Path) -> str:
     template = choose_template(args)
+    per_node = workers_per_node(args)
     if not template.is_file():
         raise DistTrainError(f"sbatch template {template} not found; pass --template PATH")
     job_name = args.job_name or Path(args.config).stem
     values = {
         "job_name": job_name, "nodes": str(args.nodes), "gpus_per_node": str(args.gpus_per_node),
         "ntasks": str(args.ntasks), "cpus_per_task": str(args.cpus_per_task), "time": args.time,
+        "workers_per_node": str(per_node), "cpus_per_node": str(per_node * args.cpus_per_task),
+        "gpus_line": f"#SBATCH --gpus-per-node={args.gpus_per_node}" if args.gpus_per_node else "",
         "partition_line": f"#SBATCH --partition={args.partition}" if args.partition else "",
         "log_dir": str((run_dir / "slurm").resolve()), "workdir": shlex.quote(str(Path.cwd())),
         "config": shlex.quote(str(Path(args.config).resolve())),
@@ -64,7 +76,7 @@ def submit(args: argparse.Namespace) -> int:
     from dist_train.resolve import resolve
 
     cfg = load_config(args.config, args.overrides)  # a mistake shows here, not in the job's log
-    workers = args.nodes * args.gpus_per_node if args.gpus_per_node else args.ntasks
+    workers = args.nodes * workers_per_node(args)
     resolve(cfg, workers)
     run_dir = Path(cfg.run.dir)
     script = render(args, run_dir)

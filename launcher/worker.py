@@ -3,6 +3,9 @@
 import sys
 
 from launcher.cli import main
+from launcher.elastic import write_worker_status
 
 if __name__ == "__main__":
-    raise SystemExit(main(["run", *sys.argv[1:]]))
+    code = main(["run", *sys.argv[1:]])
+    write_worker_status(code)
+    raise SystemExit(code)

@@ -89,3 +89,46 @@ def run_workers(fn: Callable, world_size: int, *args: Any, timeout_s: float = 12
                 p.kill()
                 p.join()
     return [got[r] for r in range(world_size)]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, grandchildren, ...), read from /proc.
+    torch's launcher starts each worker in a session of its own, so killing the
+    launcher's process group does not reach them; this does."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"{entry.path}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and everything below it (for test clean-up)."""
+    for p in [pid, *descendants(pid)]:  # the root first, so that it starts no new ones
+        try:
+            os.kill(p, 9)
+        except ProcessLookupError:
+            pass
+
+
+def worker_pids(launcher_pid: int) -> list[int]:
+    """The `dist-train launch` workers below one launcher (not other runs' on this machine)."""
+    found = []
+    for pid in descendants(launcher_pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"launcher.worker" in f.read():
+                    found.append(pid)
+        except OSError:  # ended meanwhile
+            pass
+    return sorted(found)

@@ -19,7 +19,7 @@ from dist_train.errors import ConfigError
 from dist_train.resolve import resolve
 from dist_train.runner import run
 from dist_train.trainer import Trainer
-from tests.multiproc import run_workers, to_numpy
+from tests.multiproc import run_workers, to_numpy, worker_pids
 from tests.test_resume import VOLATILE, stopping_trainer
 
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install -e '.[deepspeed]'")
@@ -225,10 +225,9 @@ def test_worker_killed_under_deepspeed_is_restarted_and_ends_as_uninterrupted(tm
     broken = tmp_path / "broken"
     proc = launch_deepspeed(broken, restarts=1)
     wait_for_step(broken, 22, proc)
-    workers = subprocess.run(["pgrep", "-f", f"launcher.worker.*run.dir={broken}"], capture_output=True,
-                             text=True).stdout.split()
+    workers = worker_pids(proc.pid)  # this launcher's workers only
     assert workers, "no worker processes found"
-    os.kill(int(workers[-1]), signal.SIGKILL)
+    os.kill(workers[-1], signal.SIGKILL)
     code, out = finish(proc)
     assert code == 0, out
     assert "resuming from" in out

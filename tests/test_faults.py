@@ -27,7 +27,7 @@ from dist_train.errors import TrainingFailed
 from dist_train.resolve import resolve
 from dist_train.trainer import Trainer
 from tests.conftest import REPO
-from tests.multiproc import free_port, run_workers
+from tests.multiproc import free_port, run_workers, worker_pids
 
 # ------------------------------------------------------------ non-finite values
 
@@ -83,6 +83,27 @@ def test_nan_steps_can_be_skipped(tmp_path, strategy):
     skipped = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
                if '"skipped_step"' in line]
     assert len(skipped) == 2  # the NaN sample is in one step of each of the 2 epochs
+
+
+# ------------------------------------------------------------ stop requests
+
+REPEAT = """
+import os, signal
+from dist_train.callbacks import StopRequest
+stop = StopRequest().install()
+os.kill(os.getpid(), signal.SIGUSR1)   # SLURM's notice to every process of the step
+os.kill(os.getpid(), signal.SIGUSR1)   # and torchrun passing it on: the same notice
+print("still here", stop.requested, stop.signal_name, flush=True)
+stop._first_at -= StopRequest.REPEAT_S  # much later: someone insists
+os.kill(os.getpid(), signal.SIGTERM)
+print("not reached", flush=True)
+"""
+
+
+def test_a_repeated_notice_is_one_stop_request_and_a_later_signal_stops_at_once():
+    proc = subprocess.run([sys.executable, "-c", REPEAT], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines() == ["still here True SIGUSR1"], proc.stdout + proc.stderr
+    assert proc.returncode == -signal.SIGTERM
 
 
 # ------------------------------------------------------------ the command line
@@ -149,10 +170,11 @@ def test_worker_killed_is_restarted_and_ends_with_the_uninterrupted_weights(tmp_
     proc = launch(tmp_path, restarts=1)
     step = random.Random(seed).randrange(8, 150)
     wait_for_step(tmp_path, step, proc)
-    workers = subprocess.run(["pgrep", "-f", f"launcher.worker.*run.dir={tmp_path}"], capture_output=True,
-                             text=True).stdout.split()  # this job's workers only
+    # this launcher's workers only: `pgrep -f launcher.worker` would also find
+    # (and kill) the workers of other test runs on the same machine
+    workers = worker_pids(proc.pid)
     assert workers, "no worker processes found"
-    os.kill(int(random.Random(seed).choice(workers)), signal.SIGKILL)
+    os.kill(random.Random(seed).choice(workers), signal.SIGKILL)
     code, out = finish(proc)
     assert code == 0, out
     assert out.count("resuming from") >= 1
@@ -178,6 +200,7 @@ def test_a_lost_peer_ends_the_job_with_a_clear_message_instead_of_hanging(tmp_pa
     assert time.monotonic() - start < 60  # well within the timeout plus start-up, not torch's 30 minutes
     assert code == 1, out
     assert "lost contact with another worker" in out and "resume from the last checkpoint" in out
+    assert "no answer within 5s from rank 1 on" in out  # the lost peer, named
 
 
 # ------------------------------------------------------------ a different number of workers

@@ -29,9 +29,20 @@ def test_multi_node_script_runs_the_launcher_once_per_node():
     proc = submit("configs/quickstart.yaml", "--nodes", "2", "--gpus-per-node", "8", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "#SBATCH --nodes=2" in proc.stdout and "#SBATCH --ntasks-per-node=1" in proc.stdout
-    assert "srun --ntasks-per-node=1 dist-train launch --nnodes \"$SLURM_NNODES\" --nproc-per-node 8" in proc.stdout
-    assert '--rdzv-endpoint "$head_node:29500"' in proc.stdout
+    assert "#SBATCH --gpus-per-node=8" in proc.stdout and "#SBATCH --cpus-per-task=8" in proc.stdout
+    assert "srun --ntasks-per-node=1 --cpus-per-task=8" in proc.stdout
+    assert 'dist-train launch --nnodes "$SLURM_NNODES" --nproc-per-node 8' in proc.stdout
+    assert '--rdzv-endpoint "$head_node:$port"' in proc.stdout
     assert "#SBATCH --partition" not in proc.stdout  # the cluster's default partition
+    assert 'trap \'scancel --signal=USR1 "$SLURM_JOB_ID"\' USR1' in proc.stdout  # dist-train launch survives USR1
+
+
+def test_multi_node_cpu_script_spreads_ntasks_over_the_nodes():
+    proc = submit("configs/cpu_test.yaml", "--nodes", "2", "--ntasks", "4", "--cpus-per-task", "2", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "#SBATCH --nodes=2" in proc.stdout and "--gpus-per-node" not in proc.stdout
+    assert "#SBATCH --cpus-per-task=4" in proc.stdout and "export OMP_NUM_THREADS=2" in proc.stdout
+    assert "--nproc-per-node 2" in proc.stdout and "{{" not in proc.stdout
 
 
 def test_cpu_script_and_config_checked_before_rendering():
@@ -39,5 +50,5 @@ def test_cpu_script_and_config_checked_before_rendering():
     assert proc.returncode == 0 and "#SBATCH --ntasks=2" in proc.stdout and "dist.device=cpu" in proc.stdout
     bad = submit("configs/cpu_test.yaml", "--ntasks", "3", "--dry-run")  # global batch 32 over 3 workers
     assert bad.returncode == 2 and "not divisible by 3 worker(s)" in bad.stderr
-    nodes = submit("configs/cpu_test.yaml", "--nodes", "2", "--dry-run")
-    assert nodes.returncode == 2 and "needs --gpus-per-node" in nodes.stderr
+    nodes = submit("configs/cpu_test.yaml", "--nodes", "2", "--ntasks", "3", "--dry-run")
+    assert nodes.returncode == 2 and "does not spread evenly over --nodes 2" in nodes.stderr

@@ -3,9 +3,27 @@
 #   slurm_cluster.sh install   apt packages (root)
 #   slurm_cluster.sh start DIR state, spool and logs under DIR; waits until the node is idle
 #   slurm_cluster.sh stop DIR  stops the daemons started from DIR
+#   slurm_cluster.sh munge     starts munged with a key of its own unless it runs
+#                              (start does this; slurm_netns_cluster.sh uses it too)
 set -euo pipefail
-cmd=${1:?install|start|stop}
+cmd=${1:?install|start|stop|munge}
+
+start_munge() {
+    # munge: a key of our own, owned by munge, and the daemon
+    mkdir -p /etc/munge /run/munge /var/lib/munge /var/log/munge
+    if [ ! -s /etc/munge/munge.key ]; then
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none
+    fi
+    chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
+    chmod 0400 /etc/munge/munge.key
+    pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged --force
+    munge -n | unmunge >/dev/null
+}
+
 case "$cmd" in
+munge)
+    start_munge
+    ;;
 install)
     if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
         apt-get update -qq
@@ -18,15 +36,7 @@ start)
     mkdir -p "$dir"/{state,spool,log}
     host=$(hostname)
     grep -q "[[:space:]]$host\$" /etc/hosts || echo "127.0.0.1 $host" >> /etc/hosts
-    # munge: a key of our own, owned by munge, and the daemon
-    mkdir -p /etc/munge /run/munge /var/lib/munge /var/log/munge
-    if [ ! -s /etc/munge/munge.key ]; then
-        dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none
-    fi
-    chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
-    chmod 0400 /etc/munge/munge.key
-    pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged --force
-    munge -n | unmunge >/dev/null
+    start_munge
     # RealMemory from MemTotal (stable), a little under it
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
     cpus=$(nproc)
