@@ -8,6 +8,7 @@ nodes within the timeout, naming the lost peer, without hanging."""
 
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -83,13 +84,13 @@ def wait_all(procs, timeout):
 
 
 def wait_for_step(run_dir, step, procs, timeout=120):
-    """Until metrics.jsonl shows `step` (a condition, not a fixed sleep)."""
+    """Until metrics.jsonl shows a record at `step` or later (a condition, not a fixed sleep)."""
     deadline = time.monotonic() + timeout
     path = Path(run_dir) / "metrics.jsonl"
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
             raise AssertionError("a node's launcher ended early")
-        if path.exists() and f'"step": {step},' in path.read_text():
+        if path.exists() and any(int(m) >= step for m in re.findall(r'"step": (\d+)', path.read_text())):
             return
         time.sleep(0.05)
     raise AssertionError(f"step {step} not reached within {timeout}s")
