@@ -97,7 +97,7 @@ class Progress:
 
         self._tqdm, self.stream, self.bar = tqdm, stream, None
 
-    def step(self, record: dict[str, Any]) -> None:
+    def step(self) -> None:
         if self.bar is None:
             # a terminal that reports no size (a bare pty) would get no bar at all
             size = shutil.get_terminal_size((100, 20))
@@ -159,8 +159,6 @@ class Tracker:
         if self.console is None:
             return
         if event in self.QUIET:
-            if self.progress is not None:
-                self.progress.step(record)
             return
         line = f"[{event}] " + " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
         if self.progress is not None:
@@ -170,6 +168,11 @@ class Tracker:
             self.progress.write(line)
         else:
             print(line, file=self.console, flush=True)
+
+    def step(self) -> None:
+        """One optimizer step done: the progress bar moves (no record is written)."""
+        if self.progress is not None:
+            self.progress.step()
 
     def close(self, exit_code: int = 0) -> None:
         if self.progress is not None:

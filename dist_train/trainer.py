@@ -160,6 +160,7 @@ class Trainer:
             samples += step.global_count
             self.global_step += 1
             self.step_in_epoch = step.step + 1
+            self.tracker.step()
             if cfg.train.lr_every_step and lr != self._last_logged_lr:
                 # the LR of every step, recorded where it changes (a W&B row costs
                 # ~0.2-0.35 ms, too much to repeat an unchanged value each step)

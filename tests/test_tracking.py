@@ -15,6 +15,7 @@ import yaml
 
 from dist_train.config import load_config
 from dist_train.env import DistEnv
+from dist_train.resolve import resolve
 from dist_train.runner import run
 from tests.conftest import REPO
 
@@ -142,6 +143,23 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(tmp_path):
     assert code == 0 and "step/s" in text and "[epoch]" in text
     code, text = run_in(False, tmp_path / "pipe")
     assert code == 0 and "step/s" not in text and text.count("[epoch]") == 2
+
+
+def test_the_progress_bar_moves_every_step_even_when_no_record_is_written(tmp_path):
+    """With a constant LR no `lr` record is written per step: the bar must still
+    count every optimizer step of the epoch (drawn into a buffer here)."""
+    import io
+
+    from dist_train.tracking import Progress, Tracker
+    from dist_train.trainer import Trainer
+
+    cfg = load_config(None, [*SMALL, "wandb.mode=disabled", "train.log_every_steps=1000"])
+    tracker = Tracker(tmp_path, console=io.StringIO(), progress=True)
+    tracker.progress = Progress(io.StringIO())
+    trainer = Trainer(cfg, DistEnv(), resolve(cfg, 1), tracker)
+    trainer.train_epoch()
+    assert tracker.progress.bar.n == trainer.train_loader.steps_per_epoch == 7
+    assert [json.loads(line)["event"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == ["lr"]
 
 
 def test_report_draws_the_curves_of_several_runs(tmp_path):
