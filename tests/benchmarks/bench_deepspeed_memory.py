@@ -14,7 +14,7 @@ is built, 1 warm-up step, then `--steps` timed optimizer steps (global batch
   fp32 groups and bucket buffers included; DDP's C++ gradient buckets are not
   visible), plus a few hundred KiB of data batches. Allocated is not touched:
   a buffer never written counts here but not in RSS. Storages larger than
-  the whole model in fp32 are reported apart ("oversized"): ZeRO-3's reduce
+  twice the whole model in fp32 are reported apart ("oversized"): ZeRO-3's reduce
   bucket, allocated at DeepSpeed's default reduce_bucket_size (5e8 elements,
   1.9 GiB in fp32) and on CPU never touched for a model this size;
 - optimizer-state bytes: the tensors in the torch optimizer's `state`
@@ -101,7 +101,7 @@ def measure(env, overrides, steps):
 
     def measured_step(clip):  # the peak of the step: gradients reduced, optimizer state alive
         if "bytes" not in peak:
-            peak["bytes"], peak["oversized"] = live_tensor_bytes(trainer.strategy.model, 4 * params)
+            peak["bytes"], peak["oversized"] = live_tensor_bytes(trainer.strategy.model, 8 * params)
         return apply_step(clip)
 
     trainer.train_step(next(batches))  # warm-up: optimizer state and buffers exist from here
