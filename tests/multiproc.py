@@ -132,3 +132,23 @@ def worker_pids(launcher_pid: int) -> list[int]:
         except OSError:  # ended meanwhile
             pass
     return sorted(found)
+
+
+def wait_for_step(run_dir, step: int, procs, timeout: float = 120) -> None:
+    """Until RUN_DIR/metrics.jsonl shows a record at `step` or later (a condition,
+    not a fixed sleep); fails when one of `procs` (a Popen or a list) ends first."""
+    import re
+    from pathlib import Path
+
+    procs = procs if isinstance(procs, (list, tuple)) else [procs]
+    deadline = time.monotonic() + timeout
+    path = Path(run_dir) / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        ended = [p for p in procs if p.poll() is not None]
+        if ended:
+            out = ended[0].stdout.read() if ended[0].stdout is not None else ""
+            raise AssertionError(f"a launcher ended before step {step} (exit {ended[0].returncode}):\n{out}")
+        if path.exists() and any(int(m) >= step for m in re.findall(r'"step": (\d+)', path.read_text())):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached within {timeout}s")

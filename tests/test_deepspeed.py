@@ -216,7 +216,8 @@ def test_worker_killed_under_deepspeed_is_restarted_and_ends_as_uninterrupted(tm
     run carry through the restart."""
     import signal
 
-    from tests.test_faults import final_weights, finish, wait_for_step
+    from tests.multiproc import wait_for_step
+    from tests.test_faults import final_weights, finish
     from tests.test_tracking import leet, offline_runs
 
     whole = tmp_path / "whole"

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from dist_train.errors import TrainingFailed
 from dist_train.resolve import resolve
 from dist_train.trainer import Trainer
 from tests.conftest import REPO
-from tests.multiproc import free_port, run_workers, worker_pids
+from tests.multiproc import free_port, run_workers, wait_for_step, worker_pids
 
 # ------------------------------------------------------------ non-finite values
 
@@ -117,19 +116,6 @@ def launch(run_dir, *extra, restarts=0):
                              str(restarts), *CPU, f"run.dir={run_dir}", *extra],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def wait_for_step(run_dir, step, proc, timeout=120):
-    """Until metrics.jsonl shows a record at `step` or later (a condition, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    path = Path(run_dir) / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended early:\n{proc.stdout.read()}")
-        if path.exists() and any(int(m) >= step for m in re.findall(r'"step": (\d+)', path.read_text())):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached within {timeout}s")
 
 
 def final_weights(run_dir):

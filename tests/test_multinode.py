@@ -8,18 +8,16 @@ nodes within the timeout, naming the lost peer, without hanging."""
 
 import os
 import random
-import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from dist_train.checkpoint import find_latest_valid
 from tests.conftest import REPO
-from tests.multiproc import kill_tree, worker_pids
+from tests.multiproc import kill_tree, wait_for_step, worker_pids
 from tests.netns import ADDR, HOST, SCRIPT, cannot_make_hosts
 
 CPU = ["configs/cpu_test.yaml", "train.epochs=12", "checkpoint.every_steps=5", "checkpoint.keep_last=3",
@@ -81,19 +79,6 @@ def wait_all(procs, timeout):
                 ended[i] = (proc.returncode, time.monotonic() - start)
         time.sleep(0.1)
     return [ended[i] for i in range(len(procs))]
-
-
-def wait_for_step(run_dir, step, procs, timeout=120):
-    """Until metrics.jsonl shows a record at `step` or later (a condition, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    path = Path(run_dir) / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise AssertionError("a node's launcher ended early")
-        if path.exists() and any(int(m) >= step for m in re.findall(r'"step": (\d+)', path.read_text())):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached within {timeout}s")
 
 
 def weights(run_dir):
