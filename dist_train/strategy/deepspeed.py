@@ -21,6 +21,7 @@ file atomically with its SHA-256 (for our manifest) and loads with
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -230,14 +231,14 @@ class DeepSpeedStrategy(Strategy):
     # ------------------------------------------------------------ checkpoints
 
     def _gathered(self, modifier_rank: int | None):
-        import contextlib
-
         if self.stage < 3:
             return contextlib.nullcontext()
         return self._deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=modifier_rank)
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
-        with self._gathered(None):
+        if self.stage < 3:  # every rank holds the whole model (the checkpoint's snapshot copies it)
+            return self.model.state_dict()
+        with self._gathered(None):  # copies: the gathered weights are released on leaving
             return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def load_model_state_dict(self, state: dict[str, torch.Tensor]) -> None:
