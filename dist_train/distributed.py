@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import socket
 import threading
 import time
@@ -143,6 +144,17 @@ def process_group(env: DistEnv, timeout_s: float) -> Iterator[Peers | None]:
         yield Peers(env, tuple(hosts), f"{prefix}/roll-call")
     finally:
         dist.destroy_process_group()
+
+
+def ensure_process_group(env: DistEnv) -> None:
+    """DDP and DeepSpeed need a process group; a single process (`dist-train run`,
+    or strategy.name=ddp with one worker) gets a group of one, in memory."""
+    if dist.is_initialized():
+        return
+    if env.device.startswith("cuda"):
+        torch.cuda.set_device(env.device)
+    os.environ.setdefault("LOCAL_RANK", "0")
+    dist.init_process_group(env.backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:

@@ -77,3 +77,18 @@ def test_accumulation_skips_the_all_reduce_until_the_last_micro_batch():
     r0, r1 = run_workers(micro_step_gradients, 2)
     assert np.max(np.abs(r0["no_sync"] - r1["no_sync"])) > 1e-4  # each rank kept its own gradient
     assert np.array_equal(r0["sync"], r1["sync"])  # the last micro-batch all-reduced everything
+
+
+def ddp_in_one_process(env: DistEnv) -> dict:
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # no launcher: the strategy must start its own group of one
+    return train_weights(env, CASES["adam"] + ["strategy.name=ddp"])
+
+
+def test_strategy_ddp_in_a_single_process_trains_like_single(single_process):
+    """`dist-train run` (one process, no launcher) with strategy.name=ddp: DDP
+    gets a process group of one and ends where the single strategy ends."""
+    (result,) = run_workers(ddp_in_one_process, 1, timeout_s=120)
+    for key, value in single_process["adam"].items():
+        assert np.max(np.abs(result[key] - value)) <= 1e-6, key

@@ -73,6 +73,9 @@ def test_two_worker_job_is_one_wandb_run_equal_to_metrics_jsonl(tmp_path):
     assert {"loss", "lr", "grad_norm"} <= set(train)
     epoch = [r for r in records if r["event"] == "epoch"][0]
     assert {"train_loss", "val_loss", "val_accuracy", "lr", "samples_per_s", "epoch_seconds"} <= set(epoch)
+    # the console lines reach the run's Logs tab (W&B's output.log), from the W&B writer process
+    logs = (runs[0] / "files" / "output.log").read_text()
+    assert "[start] world_size=2" in logs and "[test]" in logs
 
 
 def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
@@ -92,12 +95,73 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     assert after[-1]["_step"] == len(metrics(tmp_path)) - 1
 
 
-def test_wandb_failing_to_start_warns_once_and_training_completes(tmp_path, capsys):
+def test_wandb_failing_to_start_warns_once_and_training_completes(tmp_path, capfd):
     (tmp_path / "wandb").write_text("a file where W&B wants its directory")
     assert run(load_config(None, [*SMALL, f"run.dir={tmp_path}"]), DistEnv()) == 0
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # the W&B writer process shares the job's stderr
     assert err.count("W&B could not start") == 1 and "training goes on with local logging" in err
     assert any(r["event"] == "test" for r in metrics(tmp_path))
+
+
+def test_a_stuck_wandb_never_blocks_training_and_its_end_is_bounded(tmp_path, monkeypatch, capfd):
+    """W&B's process stops reading (here: a real process that never reads its
+    input stands in for a W&B client stuck on a network that does not answer).
+    Rows keep coming far past a pipe's 64 KiB; no call waits for it, and the end
+    of the run stops it after FINISH_TIMEOUT_S with a warning."""
+    import time
+
+    from dist_train.tracking import WandbSink
+
+    monkeypatch.setattr(WandbSink, "COMMAND", [sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setattr(WandbSink, "FINISH_TIMEOUT_S", 2.0)
+    sink = WandbSink(load_config(None, SMALL).wandb, tmp_path, {}, None)
+    record = {"event": "lr", "time": 0.0, "step": 0, "lr": 0.1, "padding": "x" * 100}
+    slowest = 0.0
+    for index in range(5000):  # about 0.8 MB
+        start = time.perf_counter()
+        sink.log(record, index)
+        slowest = max(slowest, time.perf_counter() - start)
+    assert len(sink._pending) > 500_000  # the pipe took what it could; the rest waits here
+    assert slowest < 0.05
+    start = time.monotonic()
+    sink.finish()
+    assert time.monotonic() - start < 10
+    err = capfd.readouterr().err
+    assert err.count("W&B did not finish within 2s") == 1
+
+
+def test_a_killed_trainer_leaves_every_row_it_wrote_in_the_wandb_run(tmp_path):
+    """kill -9 of the trainer: the W&B writer reads to the end of what was sent,
+    ends the run as failed and exits; no row written before the kill is lost."""
+    import signal
+    import time
+
+    from tests.multiproc import descendants, kill_tree, wait_for_step
+
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "configs/cpu_test.yaml", f"run.dir={tmp_path}",
+                             "wandb.mode=offline", "train.epochs=200", "train.log_every_steps=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        wait_for_step(tmp_path, 30, proc)
+        writers = [pid for pid in descendants(proc.pid)
+                   if b"dist_train.wandb_writer" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(writers) == 1
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{writers[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # poll interval while waiting for the writer to exit
+        assert not Path(f"/proc/{writers[0]}").exists(), "the W&B writer outlived its trainer by 60 s"
+    finally:
+        kill_tree(proc.pid)
+    records = metrics(tmp_path)
+    (run_path,) = offline_runs(tmp_path)
+    rows = history(run_path)
+    # the kill may fall between the file's line and the pipe's: at most the last record is missing
+    assert len(records) - 1 <= len(rows) <= len(records) and len(rows) > 30
+    for row, record in zip(rows, records):
+        assert {k: v for k, v in row.items() if not k.startswith("_")} == record
+    assert json.loads(leet(run_path, "--summary"))["state"] in ("failed", "crashed")
 
 
 def test_the_api_key_is_never_written_or_printed(tmp_path, monkeypatch, capfd):
@@ -155,10 +219,12 @@ def test_the_progress_bar_moves_every_step_even_when_no_record_is_written(tmp_pa
 
     cfg = load_config(None, [*SMALL, "wandb.mode=disabled", "train.log_every_steps=1000"])
     tracker = Tracker(tmp_path, console=io.StringIO(), progress=True)
-    tracker.progress = Progress(io.StringIO())
+    drawn = io.StringIO()
+    tracker.progress = Progress(drawn)
     trainer = Trainer(cfg, DistEnv(), resolve(cfg, 1), tracker)
     trainer.train_epoch()
-    assert tracker.progress.bar.n == trainer.train_loader.steps_per_epoch == 7
+    assert tracker.progress.steps == trainer.train_loader.steps_per_epoch == 7
+    assert "step" in drawn.getvalue()  # and the bar was drawn
     assert [json.loads(line)["event"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == ["lr"]
 
 

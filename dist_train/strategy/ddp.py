@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dist_train.distributed import ensure_process_group
 from dist_train.env import DistEnv
 from dist_train.strategy.base import Strategy
 from dist_train.sync_batchnorm import SyncBatchNorm
@@ -32,7 +33,9 @@ class DDPStrategy(Strategy):
         self.model = model
         self.optimizer = optimizer
         self.world_size = env.world_size
-        device_ids = [env.local_rank] if env.device.startswith("cuda") else None
+        ensure_process_group(env)
+        # the GPU the env chose (cuda:0 for a task given one GPU, whatever its local rank)
+        device_ids = [torch.device(env.device)] if env.device.startswith("cuda") else None
         kwargs = {}
         if has_synchronized_batchnorm(model):
             # Synchronized batch norm keeps running statistics identical on every

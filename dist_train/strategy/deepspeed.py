@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from dist_train.config import Config
+from dist_train.distributed import ensure_process_group
 from dist_train.env import DistEnv
 from dist_train.errors import ConfigError, DistTrainError
 from dist_train.resolve import Resolved
@@ -48,7 +49,11 @@ OWNED_ZERO = {"stage": "strategy.zero_stage", "offload_optimizer": "strategy.off
               "offload_param": "strategy.offload_params"}
 
 
-def import_deepspeed() -> Any:
+def import_deepspeed(device: str = "cpu") -> Any:
+    if device == "cpu":
+        # DeepSpeed picks CUDA wherever a GPU is visible, and would then put each
+        # rank of a CPU job on the GPU of its local rank
+        os.environ["DS_ACCELERATOR"] = "cpu"
     try:
         import deepspeed
     except ImportError as exc:
@@ -61,6 +66,12 @@ def import_deepspeed() -> Any:
     import importlib
 
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if device == "cpu" and get_accelerator().device_name() != "cpu":  # imported before, for a GPU job
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+        set_accelerator(CPU_Accelerator())
     # DeepSpeed reports every save, load and bucket at INFO; our records say what matters
     deepspeed.utils.logger.setLevel(logging.WARNING)
     # its collectives use names torch 2.13 deprecates: one warning per call otherwise
@@ -157,7 +168,7 @@ class DeepSpeedStrategy(Strategy):
 
     def __init__(self, cfg: Config, env: DistEnv, resolved: Resolved, model: nn.Module,
                  optimizer: torch.optim.Optimizer) -> None:
-        deepspeed = import_deepspeed()
+        deepspeed = import_deepspeed(env.device)
         self.env, self.stage = env, cfg.strategy.zero_stage
         self.setup_precision("fp32" if cfg.train.precision == "fp16" else cfg.train.precision, env.device)
         self.ds_fp16 = cfg.train.precision == "fp16"
@@ -166,9 +177,7 @@ class DeepSpeedStrategy(Strategy):
                               "use train.precision=bf16 on CPU, or strategy.name=ddp for fp16 autocast")
         ds_config = deepspeed_config(cfg, resolved)
         dist = torch.distributed
-        if not dist.is_initialized():  # one process: DeepSpeed still wants a process group (of one)
-            os.environ.setdefault("LOCAL_RANK", "0")
-            dist.init_process_group(env.backend, store=dist.HashStore(), rank=0, world_size=1)
+        ensure_process_group(env)
         # our process group is up: DeepSpeed's comm wraps it
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, dist_init_required=False)
         own_optimizer = "optimizer" in ds_config
