@@ -99,6 +99,9 @@ def deepspeed_config(cfg: Config, resolved: Resolved) -> dict[str, Any]:
     }
     if t.precision == "fp16":  # DeepSpeed's fp16: fp16 weights, fp32 masters, a dynamic loss scaler
         ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+        # DeepSpeed >= 0.19 casts only the parameters: batch norm would then hold
+        # fp16 weights with fp32 running statistics, which its backward refuses
+        ds["data_types"] = {"buffer_dtype": "fp16"}
     # bf16 is torch autocast around the forward (fp32 weights), as under DDP
     raw = copy.deepcopy(dict(s.deepspeed_config))
     for key, ours in OWNED.items():

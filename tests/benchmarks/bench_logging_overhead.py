@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU path")
     args = parser.parse_args()
     import torch
 
@@ -47,12 +48,12 @@ def main() -> int:
     from dist_train.trainer import Trainer
 
     torch.set_num_threads(1)
-    env = DistEnv()
+    env = DistEnv.from_env({}, device=args.device)
     n = 64 * 200
     x, y = torch.randn(n, 784), torch.randint(0, 10, (n,))
     split = Split(x, y)
     root = Path(tempfile.mkdtemp())
-    base = ["model.hidden_sizes=[64]", "train.global_batch_size=64", "dist.device=cpu", "train.log_every_steps=50",
+    base = ["model.hidden_sizes=[64]", "train.global_batch_size=64", f"dist.device={args.device}", "train.log_every_steps=50",
             "wandb.mode=offline", f"run.dir={root}"]
     devnull = open("/dev/null", "w")
     trainers, trackers = {}, []
@@ -98,7 +99,8 @@ def main() -> int:
         print(f"{name:<48}{statistics.median(values):>12,.0f}{ratio:>9.3f}")
     print(f"(round-to-round noise with logging off: {spread:.1%}; the control, an identical trainer with "
           f"logging off, measures how far two equal variants land apart)")
-    out = HERE / "results" / "logging_overhead.json"
+    result["device"] = args.device
+    out = HERE / "results" / f"logging_overhead{'' if args.device == 'cpu' else '_' + args.device}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return 0
