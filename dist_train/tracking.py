@@ -128,8 +128,9 @@ class WandbSink:
         deadline = time.monotonic() + self.FINISH_TIMEOUT_S
         self._send({"finish": exit_code})
         while self._fd is not None and self._pending:
-            _, ready, _ = select.select([], [self._fd], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
+            poll = select.poll()  # not select.select: a busy process may hold fds above 1024
+            poll.register(self._fd, select.POLLOUT)
+            if not poll.poll(max(0.0, deadline - time.monotonic()) * 1000):
                 break
             self._write()
         self._fd = None
