@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dist_train.config import WandbConfig
-from dist_train.wandb_writer import EXIT_REPORTED
+from dist_train.wandb_writer import EXIT_REPORTED, warn
 
 
 def new_run_id() -> str:
@@ -54,9 +54,7 @@ class WandbSink:
     FINISH_TIMEOUT_S = 300.0  # an online run uploads what is left at its end
     COMMAND = [sys.executable, "-m", "dist_train.wandb_writer"]
 
-    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], run_id: str | None,
-                 warn: Any = None) -> None:
-        self.warn = warn or (lambda msg: print(f"dist-train: warning: {msg}", file=sys.stderr, flush=True))
+    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], run_id: str | None) -> None:
         self.run_id = run_id or new_run_id()
         mode = cfg.mode
         if mode == "auto":
@@ -73,7 +71,7 @@ class WandbSink:
             self.proc = subprocess.Popen(self.COMMAND, stdin=subprocess.PIPE,
                                          stdout=subprocess.DEVNULL, start_new_session=True, env=_child_env())
         except OSError as exc:
-            self.warn(f"W&B could not start ({type(exc).__name__}: {exc}); training goes on with local logging "
+            warn(f"W&B could not start ({type(exc).__name__}: {exc}); training goes on with local logging "
                       "(metrics.jsonl)")
             return
         self._fd = self.proc.stdin.fileno()
@@ -86,20 +84,19 @@ class WandbSink:
         never enter the online run twice: W&B ignores steps it has seen).
         `encoded`: the record as JSON, when the caller has it already; `console`:
         its console line, for the run's Logs tab."""
-        if self._fd is None:
-            return
         text = encoded or json.dumps(record, allow_nan=True, default=str)
         message = f'{{"log": {text}, "step": {index}'
         if console is not None:
             message += f', "console": {json.dumps(console)}'
-        self._pending += (message + "}\n").encode()
-        self._write()
+        self._queue(message + "}")
 
     def _send(self, message: dict[str, Any]) -> None:
-        if self._fd is None:
-            return
-        self._pending += (json.dumps(message, allow_nan=True, default=str) + "\n").encode()
-        self._write()
+        self._queue(json.dumps(message, allow_nan=True, default=str))
+
+    def _queue(self, line: str) -> None:
+        if self._fd is not None:
+            self._pending += (line + "\n").encode()
+            self._write()
 
     def _write(self) -> None:
         try:
@@ -119,7 +116,7 @@ class WandbSink:
         except subprocess.TimeoutExpired:
             code = None
         if code != EXIT_REPORTED:  # it has not said why itself
-            self.warn(f"the W&B writer process stopped (exit status {code}); training goes on with local logging")
+            warn(f"the W&B writer process stopped (exit status {code}); training goes on with local logging")
 
     def finish(self, exit_code: int = 0) -> None:
         """Send what is left and wait for the run to end (bounded: a stuck W&B is stopped)."""
@@ -143,7 +140,7 @@ class WandbSink:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            self.warn(f"W&B did not finish within {self.FINISH_TIMEOUT_S:.0f}s and was stopped; what it had written "
+            warn(f"W&B did not finish within {self.FINISH_TIMEOUT_S:.0f}s and was stopped; what it had written "
                       "is in the run's wandb/ directory (`wandb sync` sends it)")
         self.proc = None
 
@@ -193,9 +190,7 @@ class Progress:
     def write(self, line: str) -> None:
         if self.bar is not None:  # the bar comes back with its next update
             self.bar.clear()
-            print(line, file=self.stream, flush=True)
-        else:
-            print(line, file=self.stream, flush=True)
+        print(line, file=self.stream, flush=True)
 
     @property
     def steps(self) -> int:
