@@ -5,8 +5,28 @@
 #   slurm_cluster.sh stop DIR  stops the daemons started from DIR
 #   slurm_cluster.sh munge     starts munged with a key of its own unless it runs
 #                              (start does this; slurm_netns_cluster.sh uses it too)
+#   slurm_cluster.sh common-conf  prints the slurm.conf lines both test clusters share
 set -euo pipefail
-cmd=${1:?install|start|stop|munge}
+cmd=${1:?install|start|stop|munge|common-conf}
+
+common_conf() {
+    # root daemons, munge, no accounting, cores as the unit, requeue allowed
+    cat <<CONF
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+ReturnToService=2
+JobRequeue=1
+MpiDefault=none
+CONF
+}
 
 start_munge() {
     # munge: a key of our own, owned by munge, and the daemon
@@ -21,6 +41,9 @@ start_munge() {
 }
 
 case "$cmd" in
+common-conf)
+    common_conf
+    ;;
 munge)
     start_munge
     ;;
@@ -44,19 +67,7 @@ start)
     cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=dist-train-tests
 SlurmctldHost=$host
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SlurmdParameters=config_overrides
-ReturnToService=2
-JobRequeue=1
-MpiDefault=none
+$(common_conf)
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid

@@ -30,19 +30,7 @@ start)
     cat > "$SLURM_CONF" <<CONF
 ClusterName=dist-train-netns
 SlurmctldHost=$h1(10.200.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SlurmdParameters=config_overrides
-ReturnToService=2
-JobRequeue=1
-MpiDefault=none
+$(bash "$here/slurm_cluster.sh" common-conf)
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool-%n
 SlurmctldPidFile=$dir/slurmctld.pid
