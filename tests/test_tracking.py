@@ -122,7 +122,7 @@ def test_a_stuck_wandb_never_blocks_training_and_its_end_is_bounded(tmp_path, mo
         sink.log(record, index)
         slowest = max(slowest, time.perf_counter() - start)
     assert len(sink._pending) > 500_000  # the pipe took what it could; the rest waits here
-    assert slowest < 0.05
+    assert slowest < 5.0  # a blocking write would wait for the writer, 120 s; not a speed figure
     start = time.monotonic()
     sink.finish()
     assert time.monotonic() - start < 10
