@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dist_train.callbacks import ignore_stop_signals
 from dist_train.config import DataConfig
 from dist_train.data.loader import Batch, TrainStep
 from dist_train.data.sampler import even_slices
@@ -141,18 +142,25 @@ class EpochPlan:
     steps: int
 
 
+def check_shard_readers(manifest: Manifest, world_size: int, loader_workers: int) -> None:
+    """The training shards must divide among ranks x loader workers, or some
+    samples would be read twice or some ranks would wait."""
+    shards = len(manifest.splits["train"])
+    workers = max(loader_workers, 1)
+    readers = world_size * workers
+    if shards % readers:
+        suggestion = readers * max(1, round(shards / readers))
+        raise DistTrainError(
+            f"the training split of {manifest.root} has {shards} shards, which does not divide among {world_size} "
+            f"rank(s) x {workers} loader worker(s) = {readers} readers (each sample must be read once per epoch); "
+            f"prepare a multiple of {readers} shards (`dist-train prepare ... --shards {suggestion}`) or change "
+            f"data.loader_workers")
+
+
 class ShardTrainLoader:
     def __init__(self, manifest: Manifest, cfg: DataConfig, env: DistEnv, per_rank_batch: int,
                  grad_accum_steps: int, seed: int, normalize: Normalizer) -> None:
-        shards = manifest.splits["train"]
-        readers = env.world_size * max(cfg.loader_workers, 1)
-        if len(shards) % readers:
-            raise DistTrainError(
-                f"the training split has {len(shards)} shards, which does not divide among {env.world_size} "
-                f"rank(s) x {max(cfg.loader_workers, 1)} loader worker(s) = {readers} readers, so some samples "
-                f"would be read twice or some ranks would wait; prepare a multiple of {readers} shards "
-                f"(`dist-train prepare ... --shards {readers * max(1, round(len(shards) / readers))}`) or change "
-                f"data.loader_workers")
+        check_shard_readers(manifest, env.world_size, cfg.loader_workers)
         self.manifest, self.cfg, self.env = manifest, cfg, env
         self.per_rank_batch, self.grad_accum_steps, self.seed = per_rank_batch, grad_accum_steps, seed
         self.normalize = normalize
@@ -183,7 +191,8 @@ class ShardTrainLoader:
         # A generator of its own: a DataLoader otherwise draws its base seed from the
         # global RNG, which would shift dropout masks (and break exact resume).
         chunks = iter(DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
-                                 persistent_workers=False, generator=torch.Generator().manual_seed(epoch)))
+                                 persistent_workers=False, generator=torch.Generator().manual_seed(epoch),
+                                 worker_init_fn=ignore_stop_signals if workers else None))
         batches = _rebatch(chunks, b)
         for step in range(plan.steps):
             sizes = [min(max(c - step * b, 0), b) for c in plan.rank_counts]
