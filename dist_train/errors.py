@@ -1,4 +1,11 @@
-"""Errors that speak to the user: what is wrong, with what value, and what to do."""
+"""Errors that speak to the user: what is wrong, with what value, and what to
+do; and the exit statuses every command uses."""
+
+#: exit statuses of every dist-train command
+EXIT_OK = 0
+EXIT_FAILED = 1  # training failed (non-finite values, a lost peer, a bug)
+EXIT_USAGE = 2  # a usage or config mistake, found before anything changed
+EXIT_RESUME = 75  # stopped on request after saving a checkpoint: run the same command again to resume
 
 
 class DistTrainError(Exception):

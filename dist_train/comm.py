@@ -1,0 +1,176 @@
+"""The communicator: every collective the library uses, behind one small object.
+
+`Comm.of(env)` gives the real one (torch.distributed over the job's process
+group) when the job has several workers and a do-nothing one for a single
+process. Tests build `FakeComm(rank, world_size, ...)` to drive one rank's
+side of a decision without any process group.
+
+Every method is a collective: all ranks call it, in the same order. The one
+for side effects is `rank0_then_share(fn)`: rank 0 runs `fn` (make the run
+directory, start the tracker, take a lock), and every rank gets its result, or
+raises its error, at once. Without it, a failure on rank 0 before a barrier
+leaves the other ranks waiting for `dist.timeout_s`, then reporting a lost
+peer instead of rank 0's real message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+from dist_train.errors import DistTrainError
+
+T = TypeVar("T")
+
+
+class SharedError(DistTrainError):
+    """Rank 0's error, raised on another rank by `rank0_then_share` (same text, same exit status)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _as_shared(exc: BaseException) -> tuple[str, int]:
+    if isinstance(exc, DistTrainError):
+        return str(exc), exc.exit_code
+    return f"{type(exc).__name__}: {exc}", 1
+
+
+class Comm:
+    """One process: nothing to communicate."""
+
+    rank = 0
+    world_size = 1
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+    @staticmethod
+    def of(env: Any, group: Any = None) -> "Comm":
+        """The communicator for `env` (a DistEnv): real when there are several workers."""
+        return TorchComm(env, group) if env.world_size > 1 else Comm()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over ranks in place and return it."""
+        return tensor
+
+    def agree_any(self, flag: bool) -> bool:
+        """True on every rank when it is True on at least one: for decisions
+        (stop, skip, save) every rank must take together."""
+        return bool(flag)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (picklable plain data only)."""
+        return obj
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, ordered by rank, on every rank."""
+        return [obj]
+
+    def barrier(self) -> None:
+        pass
+
+    def rank0_then_share(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on rank 0 only; every rank returns its result or raises its
+        error (rank 0 the original, the others a SharedError with its text and
+        exit status). The result must be plain picklable data."""
+        outcome: tuple = ()
+        error = None
+        if self.is_rank0:
+            try:
+                outcome = ("ok", fn())
+            except BaseException as exc:  # shared first, then raised on every rank
+                error, outcome = exc, ("error", *_as_shared(exc))
+        outcome = self.broadcast_object(outcome)
+        if error is not None:
+            raise error
+        if outcome[0] == "error":
+            raise SharedError(outcome[1], outcome[2])
+        return outcome[1]
+
+    def agree_on_errors(self, problems: list[str], what: str) -> None:
+        """Raise the same DistTrainError on every rank when any rank found a
+        problem; `what` introduces the list."""
+        found = [p for part in self.gather_object(problems) for p in part]
+        if found:
+            shown = "\n  ".join(sorted(set(found))[:10])
+            raise DistTrainError(f"{what}:\n  {shown}")
+
+
+class TorchComm(Comm):
+    """torch.distributed over the default group (or `group`)."""
+
+    def __init__(self, env: Any, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        self._dist, self.group, self.device = dist, group, env.device
+        self.rank, self.world_size = env.rank, env.world_size
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM, group=self.group)
+        return tensor
+
+    def agree_any(self, flag: bool) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.MAX, group=self.group)
+        return bool(t.item() > 0)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        gathered: list[Any] = [None] * self.world_size
+        self._dist.all_gather_object(gathered, obj, group=self.group)
+        return gathered
+
+    def barrier(self) -> None:
+        self._dist.barrier(group=self.group)
+
+
+class FakeComm(Comm):
+    """For unit tests: one rank of a pretend job, no process group. The other
+    ranks' contributions are given up front: `peers_any` for agree_any, and
+    `from_rank0` for what rank 0 would broadcast (or share from
+    `rank0_then_share`: a value, or an exception it raised)."""
+
+    def __init__(self, rank: int, world_size: int, peers_any: bool = False, from_rank0: Any = None) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.peers_any, self.from_rank0 = peers_any, from_rank0
+        self.calls: list[str] = []
+        self._sharing = False
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.calls.append("all_reduce_sum")
+        return tensor.mul_(self.world_size)  # as if every rank held the same values
+
+    def agree_any(self, flag: bool) -> bool:
+        self.calls.append("agree_any")
+        return bool(flag) or self.peers_any
+
+    def broadcast_object(self, obj: Any) -> Any:
+        self.calls.append("broadcast_object")
+        if self.is_rank0:
+            return obj
+        if isinstance(self.from_rank0, BaseException):  # what rank0_then_share sends for an error
+            return ("error", *_as_shared(self.from_rank0))
+        return ("ok", self.from_rank0) if self._sharing else self.from_rank0
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        self.calls.append("gather_object")
+        return [obj] * self.world_size
+
+    def barrier(self) -> None:
+        self.calls.append("barrier")
+
+    def rank0_then_share(self, fn: Callable[[], T]) -> T:
+        self.calls.append("rank0_then_share")
+        self._sharing = True
+        try:
+            return super().rank0_then_share(fn)
+        finally:
+            self._sharing = False
