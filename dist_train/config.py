@@ -362,6 +362,9 @@ def validate(config: Config) -> None:
     _positive("optim.lr", o.lr)
     _at_least("optim.weight_decay", o.weight_decay, 0.0)
     _at_least("optim.momentum", o.momentum, 0.0)
+    if o.momentum >= 1.0:
+        raise ConfigError("optim.momentum", f"{o.momentum!r} must be below 1",
+                          "at 1 or more the velocity never decays and training diverges; 0.9 is usual")
     _positive("optim.eps", o.eps)
     for i, beta in enumerate(o.betas):
         if not 0.0 <= beta < 1.0:

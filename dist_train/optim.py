@@ -46,3 +46,23 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     raise AssertionError(name)  # the config's Literal rejects other names
+
+
+# the config's value of each hyperparameter a torch optimizer keeps in its param groups
+def _hyperparameters(cfg: OptimConfig) -> dict[str, object]:
+    return {"momentum": cfg.momentum, "nesterov": cfg.nesterov, "betas": tuple(cfg.betas), "eps": cfg.eps,
+            "alpha": cfg.alpha, "rho": cfg.rho}
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> None:
+    """Put the config's hyperparameters into the optimizer's groups. Loading an
+    optimizer's state brings back the values it was saved with; a resumed run
+    goes on with the config's (the LR is set by the schedule every step). The
+    first group is the decayed one (see `param_groups`)."""
+    values = _hyperparameters(cfg)
+    for index, group in enumerate(optimizer.param_groups):
+        for key, value in values.items():
+            if key in group:
+                group[key] = value
+        if "weight_decay" in group:
+            group["weight_decay"] = cfg.weight_decay if index == 0 else 0.0

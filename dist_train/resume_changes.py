@@ -1,0 +1,151 @@
+"""What a resumed run may change: the stored config against the new one.
+
+Each changed key falls in one of three kinds:
+- `refused`: the run cannot continue with it (the model the checkpoint holds,
+  the data set and its order, the loss, the optimizer's or the strategy's
+  state layout). The command stops before anything in the run directory
+  changes, with a hint (`--fresh`, or a new `run.dir`).
+- `applied`: the run continues with the new value (epochs, learning rate and
+  schedule, early stopping, checkpoints, logging, ...). The changes are
+  printed in one line and recorded in the `resume` record (metrics.jsonl and
+  W&B).
+- `ignored`: the value only matters when a run starts (initialization); it
+  is reported as having no effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dist_train.errors import DistTrainError
+
+# Prefixes are matched on whole dotted parts: "model" covers model.hidden_sizes.
+REFUSED: dict[str, str] = {
+    "model": "the checkpoint holds another network",
+    "data.source": "another data set", "data.path": "another data set",
+    "data.val_fraction": "another split of the data", "data.test_fraction": "another split of the data",
+    "data.split_seed": "another split of the data", "data.normalize": "inputs normalized differently",
+    "data.num_samples": "another data set", "data.num_features": "another data set",
+    "data.num_classes": "another data set",
+    "train.loss": "another loss", "train.seed": "the data order and initialization of the run",
+    "train.global_batch_size": "the position in the epoch is counted in global batches",
+    "optim.name": "the checkpoint holds another optimizer's state",
+    "strategy.zero_stage": "the checkpoint holds ZeRO state of another stage",
+    "strategy.offload_optimizer": "the checkpoint holds DeepSpeed state laid out differently",
+    "strategy.offload_params": "the checkpoint holds DeepSpeed state laid out differently",
+    "strategy.deepspeed_config": "the checkpoint holds DeepSpeed state laid out differently",
+}
+# keys of `model` that do not change the network the checkpoint holds
+APPLIED_MODEL = {"model.dropout": "applied", "model.sync_batchnorm": "applied",
+                 "model.init": "ignored", "model.init_std": "ignored"}
+NOT_COMPARED = {"run.resume", "run.dir"}
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    old: Any
+    new: Any
+    kind: str  # "refused", "applied" or "ignored"
+    why: str = ""
+
+    def describe(self) -> str:
+        return f"{self.key} {_short(self.old)} -> {_short(self.new)}"
+
+
+@dataclass(frozen=True)
+class ResumeChanges:
+    changes: tuple[Change, ...] = field(default_factory=tuple)
+
+    @property
+    def refused(self) -> list[Change]:
+        return [c for c in self.changes if c.kind == "refused"]
+
+    @property
+    def applied(self) -> list[Change]:
+        return [c for c in self.changes if c.kind == "applied"]
+
+    @property
+    def ignored(self) -> list[Change]:
+        return [c for c in self.changes if c.kind == "ignored"]
+
+    def record(self) -> dict[str, list[Any]]:
+        """For the `resume` record: key -> [old, new] of what the run applies."""
+        return {c.key: [c.old, c.new] for c in self.applied}
+
+    def line(self) -> str:
+        """One line for the console, empty when nothing changed."""
+        parts = []
+        if self.applied:
+            parts.append("changed settings: " + ", ".join(c.describe() for c in self.applied))
+        if self.ignored:
+            parts.append("no effect on a resumed run (they apply when a run starts): "
+                         + ", ".join(c.describe() for c in self.ignored))
+        return "; ".join(parts)
+
+    def raise_if_refused(self, run_dir: str, checkpoint: str) -> None:
+        refused = self.refused
+        if not refused:
+            return
+        what = "; ".join(f"{c.describe()} ({c.why})" for c in refused)
+        raise DistTrainError(
+            f"cannot resume the run in {run_dir} from {checkpoint} with this config: {what}. Pass --fresh to start "
+            f"over (the earlier run is kept, renamed), set a new run.dir, or put the setting back")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and not key.endswith("deepspeed_config"):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def compare(stored: dict[str, Any], new: dict[str, Any], stored_strategy: str, new_strategy: str) -> ResumeChanges:
+    """Changes from the `stored` config (plain dicts, as `config.to_dict` gives)
+    to `new`. `*_strategy` are the resolved strategies (single/ddp/deepspeed):
+    ddp and single share a state layout, deepspeed has its own."""
+    old_flat, new_flat = flatten(stored), flatten(new)
+    changes = []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        if key in NOT_COMPARED:
+            continue
+        old, value = old_flat.get(key), new_flat.get(key)
+        if _same(old, value):
+            continue
+        changes.append(_classify(key, old, value, old_flat, new_flat))
+    if (stored_strategy == "deepspeed") != (new_strategy == "deepspeed"):
+        changes.append(Change("strategy.name", stored_strategy, new_strategy, "refused",
+                              "the checkpoint holds another strategy's state"))
+    elif stored_strategy == new_strategy == "deepspeed" and old_flat.get("train.precision") != new_flat.get("train.precision"):
+        changes = [c if c.key != "train.precision" else Change(c.key, c.old, c.new, "refused",
+                                                               "DeepSpeed keeps precision in its state") for c in changes]
+    return ResumeChanges(tuple(c for c in changes if c.key != "strategy.name" or c.kind == "refused"))
+
+
+def _classify(key: str, old: Any, new: Any, old_flat: dict, new_flat: dict) -> Change:
+    if key in APPLIED_MODEL:
+        kind = APPLIED_MODEL[key]
+        return Change(key, old, new, kind, "" if kind == "applied" else "used only to initialize a new network")
+    if key == "optim.weight_decay" and (old == 0) != (new == 0):
+        return Change(key, old, new, "refused", "decay on or off changes the optimizer's parameter groups")
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        why = REFUSED.get(".".join(parts[:i]))
+        if why is not None:
+            return Change(key, old, new, "refused", why)
+    return Change(key, old, new, "applied")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,105 @@
+"""Where a run starts, decided before anything in the run directory changes.
+
+`plan_start` reads (never writes) the run directory: fresh, or the newest
+valid checkpoint (or the one named), whether that run already finished, and
+what the new config changes compared with the stored one (refused changes
+raise here). `open_run_dir` is the first write: it moves an earlier run aside
+for `--fresh`, makes the directory and writes `config.yaml`. Both run on rank
+0 (and in `dist-train launch` before any worker starts), so a rejected
+command leaves the run directory byte for byte as it was."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dist_train import checkpoint as ckpt
+from dist_train.atomic import write_atomic
+from dist_train.config import Config, dump_yaml, to_dict
+from dist_train.errors import DistTrainError
+from dist_train.resolve import Resolved
+from dist_train.resume_changes import ResumeChanges, compare
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    checkpoint: ckpt.CheckpointInfo | None = None
+    changes: ResumeChanges = field(default_factory=ResumeChanges)
+    finished: bool = False  # the checkpoint ends a finished run and the config asks for nothing more
+    metrics_lines: int | None = None  # metrics.jsonl's length at the checkpoint
+    wandb_run_id: str | None = None
+
+    def resume_line(self) -> str:
+        info = self.checkpoint
+        if info is None:
+            return ""
+        line = f"dist-train: resuming from {info.path} (epoch {info.manifest.get('epoch')}, step {info.global_step})"
+        changed = self.changes.line()
+        return f"{line}; {changed}" if changed else line
+
+    def finished_line(self, run_dir: Path) -> str:
+        assert self.checkpoint is not None
+        line = (f"dist-train: the run in {run_dir} already finished at step {self.checkpoint.global_step}; nothing to "
+                "do. Pass --fresh to train again from scratch, or raise train.epochs to go on")
+        changed = self.changes.line()
+        return f"{line} ({changed}: they would apply only if it went on)" if changed else line
+
+
+def plan_start(cfg: Config, resolved: Resolved, warn: Any = None) -> StartPlan:
+    """Read-only. Raises DistTrainError for a named checkpoint that does not
+    verify and for config changes the checkpoint cannot continue with."""
+    warn = warn or (lambda m: print(m, file=sys.stderr, flush=True))
+    run_dir = Path(cfg.run.dir)
+    if cfg.run.resume == "never":
+        return StartPlan()
+    if cfg.run.resume == "auto":
+        info = ckpt.find_latest_valid(run_dir, warn=warn)
+    else:
+        info = ckpt.verify_checkpoint(Path(cfg.run.resume))
+    if info is None:
+        return StartPlan()
+    stored = stored_settings(info)
+    changes = compare(stored["config"], to_dict(cfg), stored["strategy"], resolved.strategy)
+    changes.raise_if_refused(str(run_dir), str(info.path))
+    finished = bool(info.manifest.get("finished")) and not _asks_for_more(cfg, info)
+    return StartPlan(info, changes, finished, stored["metrics_lines"], stored["wandb_run_id"])
+
+
+def stored_settings(info: ckpt.CheckpointInfo) -> dict[str, Any]:
+    """The config, strategy, metrics line count and W&B run id a checkpoint was
+    saved with: from its manifest, or (checkpoints written before the manifest
+    held them) from trainer.pt."""
+    m = info.manifest
+    if "config" in m:
+        return {k: m.get(k) for k in ("config", "strategy", "metrics_lines", "wandb_run_id")}
+    trainer = ckpt.load_file(info.path, "trainer.pt") or {}
+    strategy = "deepspeed" if "deepspeed" in trainer.get("optimizer", {}) else "ddp"
+    return {"config": yaml.safe_load(trainer.get("config") or "{}") or {}, "strategy": strategy,
+            "metrics_lines": trainer.get("metrics_lines"), "wandb_run_id": trainer.get("wandb_run_id")}
+
+
+def _asks_for_more(cfg: Config, info: ckpt.CheckpointInfo) -> bool:
+    """A finished run goes on only when the config now asks for more epochs (and
+    it did not stop early)."""
+    return not info.manifest.get("early_stopped") and int(info.manifest.get("epoch", 0)) < cfg.train.epochs
+
+
+def open_run_dir(cfg: Config) -> None:
+    """The first change to the run directory: `--fresh` moves an earlier run
+    aside (never deletes it), then the directory and config.yaml are written."""
+    run_dir = Path(cfg.run.dir)
+    if cfg.run.resume == "never" and run_dir.exists() and any(run_dir.iterdir()):
+        aside = run_dir.with_name(f"{run_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        print(f"dist-train: starting afresh; the earlier run in {run_dir} was moved to {aside}", flush=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+    except OSError as exc:
+        raise DistTrainError(f"cannot write the run directory {run_dir} ({exc.strerror or exc}); choose a run.dir "
+                             "you can write (run.dir=...)") from None
