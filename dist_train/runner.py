@@ -1,8 +1,17 @@
 """`run()`: everything `dist-train run` does inside one worker, in order.
 
-Validate against the job's shape, start the process group, agree on where to
-start (fresh, or the latest valid checkpoint), prepare the run directory
-(rank 0), train, tear down. Returns the process exit status."""
+Validate against the job's shape, start the process group, then:
+1. rank 0 takes the run directory's lock and plans the start (fresh, or which
+   checkpoint, and what the config changes): read-only;
+2. every rank builds its parts (data, model, strategy) and loads the
+   checkpoint into them;
+3. only then rank 0 changes the run directory (moves an earlier run aside for
+   --fresh, writes config.yaml, cuts metrics.jsonl back, starts W&B);
+4. train, tear down.
+Every check that can fail runs before step 3, so a rejected command leaves
+the run directory as it was. Rank 0's steps go through `rank0_then_share`:
+when one fails, every rank stops at once with its message. Returns the exit
+status."""
 
 from __future__ import annotations
 
@@ -10,25 +19,28 @@ import gc
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from dist_train import checkpoint as ckpt
-from dist_train.atomic import write_atomic
-from dist_train.callbacks import EXIT_RESUME, StopRequest
-from dist_train.config import Config, dump_yaml, to_dict
-from dist_train.distributed import barrier, process_group
+from dist_train.callbacks import StopRequest
+from dist_train.comm import Comm
+from dist_train.config import Config, to_dict
+from dist_train.distributed import process_group
 from dist_train.env import DistEnv
-from dist_train.errors import DistTrainError, TrainingFailed
+from dist_train.errors import EXIT_FAILED, EXIT_OK, EXIT_RESUME, TrainingFailed
 from dist_train.resolve import resolve
+from dist_train.run_lock import RunDirLock
+from dist_train.start import StartPlan, open_run_dir, plan_start
 from dist_train.tracking import NullTracker, Tracker, WandbSink
 from dist_train.trainer import Trainer
 
 
-def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer) -> int:
+def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer, take_lock: bool = True,
+        announce_stop: bool = True) -> int:
+    """`take_lock`: False when the launcher that started this worker holds the
+    run directory's lock for the job. `announce_stop`: False when the launcher
+    reports a stop itself."""
     resolved = resolve(cfg, env.world_size)  # raises before any process group starts
     if env.device == "cpu" and env.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         # several CPU workers on one machine must not each spawn one thread per core
@@ -39,7 +51,7 @@ def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer) -> in
             # only now: until the loop runs, a signal must end the process as usual
             stop.install()
             try:
-                return _train(cfg, env, resolved, stop, trainer_class)
+                return _run(cfg, env, resolved, stop, trainer_class, take_lock, announce_stop)
             except RuntimeError as exc:
                 if _is_lost_peer(exc):
                     who = f": {peers.roll_call()}" if peers is not None else ""
@@ -55,98 +67,82 @@ def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer) -> in
         stop.uninstall()
 
 
-def _train(cfg: Config, env: DistEnv, resolved, stop: StopRequest, trainer_class: type[Trainer]) -> int:
+def _run(cfg: Config, env: DistEnv, resolved, stop: StopRequest, trainer_class: type[Trainer], take_lock: bool,
+         announce_stop: bool) -> int:
+    comm = Comm.of(env)
     run_dir = Path(cfg.run.dir)
-    start_from = _choose_start(cfg, env, run_dir)
-    if start_from is not None and start_from.manifest.get("finished") and not _asks_for_more(cfg, start_from):
-        if env.is_rank0:
-            print(f"dist-train: the run in {run_dir} already finished (step {start_from.global_step}); "
-                  "nothing to do. Pass --fresh to train again from scratch.", flush=True)
-        return 0
-    tracker: Tracker = NullTracker()
-    if env.is_rank0:
-        tracker = _rank0_tracker(cfg, run_dir, start_from)
-    barrier(env)
-    exit_code = 1
+    lock = RunDirLock(run_dir, "dist-train run") if take_lock and env.is_rank0 else None
+    committed = False
     try:
-        trainer = trainer_class(cfg, env, resolved, tracker, run_dir=run_dir, stop=stop)
-        trainer.wandb_run_id = tracker.run_id
-        if start_from is not None:
-            trainer.restore(start_from)
-        result = trainer.fit()
-        exit_code = EXIT_RESUME if result.stopped else 0
+        plan: StartPlan = comm.rank0_then_share(lambda: _plan(cfg, resolved, lock))
+        if plan.finished:
+            if env.is_rank0:
+                print(plan.finished_line(run_dir), flush=True)
+            return EXIT_OK
+        trainer = trainer_class(cfg, env, resolved, run_dir=run_dir, stop=stop)
+        if plan.checkpoint is not None:
+            trainer.restore(plan.checkpoint)
+        tracker: Tracker = NullTracker()
+
+        def commit() -> str | None:
+            nonlocal tracker
+            open_run_dir(cfg)
+            tracker = _rank0_tracker(cfg, run_dir, plan)
+            return tracker.run_id
+
+        run_id = comm.rank0_then_share(commit)
+        committed = True
+        trainer.attach_tracker(tracker, run_id)
+        if plan.checkpoint is not None:
+            if env.is_rank0:
+                print(plan.resume_line(), flush=True)
+            trainer.log_resume(plan.checkpoint, plan.changes.record())
+        exit_code = EXIT_FAILED
+        try:
+            result = trainer.fit()
+            exit_code = EXIT_RESUME if result.stopped else EXIT_OK
+        finally:
+            tracker.close(exit_code)
+        # Free DDP's reducer (it sits in reference cycles) while the process group
+        # still exists, and let every rank finish before anyone tears down: a
+        # gloo peer that vanishes mid-teardown aborts the others.
+        del trainer
+        gc.collect()
+        comm.barrier()
     finally:
-        tracker.close(exit_code)
-    # Free DDP's reducer (it sits in reference cycles) while the process group
-    # still exists, and let every rank finish before anyone tears down: a
-    # gloo peer that vanishes mid-teardown aborts the others.
-    del trainer
-    gc.collect()
-    barrier(env)
+        if lock is not None:
+            lock.release() if committed else lock.release_and_tidy()
     if result.stopped:
-        if env.is_rank0:
-            print(f"dist-train: stopped on request at step {result.steps}; checkpoint saved. Run the same command "
-                  f"again to resume (exit status {EXIT_RESUME}).", file=sys.stderr, flush=True)
+        if env.is_rank0 and announce_stop:
+            print(f"dist-train: stopped on request ({result.stopped_by}); checkpoint saved at step {result.steps}. Run "
+                  f"the same command again to resume (exit status {EXIT_RESUME}).", file=sys.stderr, flush=True)
         return EXIT_RESUME
-    return 0
+    return EXIT_OK
 
 
-def _rank0_tracker(cfg: Config, run_dir: Path, start_from: ckpt.CheckpointInfo | None) -> Tracker:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-    lines = run_id = None
-    if start_from is not None:
-        saved = ckpt.load_file(start_from.path, "trainer.pt")
-        lines, run_id = saved["metrics_lines"], saved["wandb_run_id"]
+def _plan(cfg: Config, resolved, lock: RunDirLock | None) -> StartPlan:
+    """Rank 0: the lock, then where to start (read-only); the lock is let go
+    again when the plan fails."""
+    if lock is not None:
+        lock.acquire()
+    try:
+        return plan_start(cfg, resolved)
+    except BaseException:
+        if lock is not None:
+            lock.release_and_tidy()
+        raise
+
+
+def _rank0_tracker(cfg: Config, run_dir: Path, plan: StartPlan) -> Tracker:
     sink = None
     if cfg.wandb.mode != "disabled":
-        sink = WandbSink(cfg.wandb, run_dir, to_dict(cfg), run_id)
+        sink = WandbSink(cfg.wandb, run_dir, to_dict(cfg), plan.wandb_run_id)
     progress = cfg.run.progress and sys.stderr.isatty()
-    return Tracker(run_dir, truncate_to=lines, sink=sink, progress=progress)
-
-
-def _choose_start(cfg: Config, env: DistEnv, run_dir: Path) -> ckpt.CheckpointInfo | None:
-    """Rank 0 decides (fresh, latest valid, or the named checkpoint); every rank
-    gets the same answer, or the same error."""
-    choice, error = None, None
-    if env.is_rank0:
-        try:
-            if cfg.run.resume == "never":
-                _move_previous_run_aside(run_dir)
-            elif cfg.run.resume == "auto":
-                choice = ckpt.find_latest_valid(run_dir, warn=lambda m: print(m, file=sys.stderr, flush=True))
-            else:
-                choice = ckpt.verify_checkpoint(Path(cfg.run.resume))
-        except DistTrainError as exc:
-            error = str(exc)
-    if env.is_distributed:
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error is not None:
-        raise DistTrainError(error)
-    choice = ckpt.agree_on_checkpoint(choice, env)
-    if choice is not None and env.is_rank0:
-        print(f"dist-train: resuming from {choice.path} (epoch {choice.manifest.get('epoch')}, "
-              f"step {choice.global_step})", flush=True)
-    return choice
-
-
-def _asks_for_more(cfg: Config, info: ckpt.CheckpointInfo) -> bool:
-    """A finished run goes on only when the config now asks for more epochs (and
-    it did not stop early)."""
-    return not info.manifest.get("early_stopped") and int(info.manifest.get("epoch", 0)) < cfg.train.epochs
-
-
-def _move_previous_run_aside(run_dir: Path) -> None:
-    """--fresh on a directory with an earlier run: keep it, renamed, never delete it."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        aside = run_dir.with_name(f"{run_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
-        print(f"dist-train: starting afresh; the earlier run in {run_dir} was moved to {aside}", flush=True)
+    return Tracker(run_dir, truncate_to=plan.metrics_lines, sink=sink, progress=progress)
 
 
 def _is_lost_peer(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(word in text for word in ("connection closed by peer", "connection reset", "timed out", "timeout",
                                          "broken pipe", "gloo", "nccl", "socket"))
+

@@ -19,7 +19,7 @@ from torch import nn
 
 from dist_train import checkpoint as ckpt
 from dist_train.callbacks import EarlyStopping, StopRequest, better, metric_mode
-from dist_train.config import Config, dump_yaml
+from dist_train.config import Config, dump_yaml, to_dict
 from dist_train.data import build_data
 from dist_train.data.loader import TrainStep
 from dist_train.distributed import agree_any
@@ -28,7 +28,7 @@ from dist_train.errors import DistTrainError, TrainingFailed
 from dist_train.losses import build_loss
 from dist_train.metrics import RunningMean, evaluate
 from dist_train.models import build_model
-from dist_train.optim import build_optimizer
+from dist_train.optim import apply_hyperparameters, build_optimizer
 from dist_train.resolve import Resolved
 from dist_train.schedules import LRSchedule
 from dist_train.strategy import Strategy, build_strategy
@@ -47,6 +47,7 @@ class FitResult:
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     stopped: bool = False  # a stop request was honoured: checkpoint saved, resume later
+    stopped_by: str = ""  # the signal that asked (or "another rank")
     early_stopped: bool = False
 
 
@@ -98,6 +99,13 @@ class Trainer:
         self.best_monitored: float | None = None
         self.overflow_skips = 0  # consecutive fp16 overflow skips
         self._last_logged_lr: float | None = None  # checkpointed: a resumed run logs what the whole run would
+        self._previous_world_size: int | None = None  # of the checkpoint restored
+
+    def attach_tracker(self, tracker: Tracker, wandb_run_id: str | None) -> None:
+        """Where records go from now on (made after the parts were built and the
+        checkpoint loaded, so that a rejected start leaves no trace)."""
+        self.tracker = tracker
+        self.wandb_run_id = wandb_run_id or self.wandb_run_id
 
     # ------------------------------------------------------------ the loop
 
@@ -256,11 +264,12 @@ class Trainer:
         return bool(every) and self.epoch % every == 0
 
     def _stop_for_resume(self) -> FitResult:
-        self.tracker.log("stop", epoch=self.epoch, step=self.global_step, signal=self.stop.signal_name or "another rank")
+        by = self.stop.signal_name or "another rank"
+        self.tracker.log("stop", epoch=self.epoch, step=self.global_step, signal=by)
         if self.last_saved_step != self.global_step:
             self.save_checkpoint()
         self.wait_for_checkpoint()
-        return FitResult(self.strategy.model, self.global_step, self.last_val, stopped=True)
+        return FitResult(self.strategy.model, self.global_step, self.last_val, stopped=True, stopped_by=by)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -295,10 +304,14 @@ class Trainer:
                 shared["best_model"] = self.early_stopping.best_weights
         per_rank = {"rng": ckpt.rng_state(), "running_loss": self.running_loss.state_dict()}
         info = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "finished": self.finished,
-                "early_stopped": self.early_stopped, **self.last_val}
+                "early_stopped": self.early_stopped, **self.last_val,
+                # what a resume compares and continues with, without loading trainer.pt
+                "config": to_dict(self.cfg), "strategy": self.resolved.strategy,
+                "metrics_lines": None, "wandb_run_id": self.wandb_run_id}
         # logged first, so the line count the checkpoint keeps includes it
         self.tracker.log("checkpoint", epoch=self.epoch, step=self.global_step, finished=self.finished)
         after = None
+        info["metrics_lines"] = self.tracker.lines  # rank 0's count is the one that matters
         if self.env.is_rank0:
             shared["trainer"]["metrics_lines"] = self.tracker.lines
             best = self.best_checkpoint[1] if self.best_checkpoint and self.cfg.checkpoint.keep_best else None
@@ -318,7 +331,13 @@ class Trainer:
     def restore(self, info: ckpt.CheckpointInfo) -> None:
         """Continue from a checkpoint every rank agreed on."""
         trainer = ckpt.load_file(info.path, "trainer.pt")
-        self.strategy.restore(info.path, ckpt.load_file(info.path, "model.pt"), trainer["optimizer"])
+        try:
+            self.strategy.restore(info.path, ckpt.load_file(info.path, "model.pt"), trainer["optimizer"])
+        except RuntimeError as exc:  # shapes or keys that do not fit: the config changed what resume compares
+            first = str(exc).strip().splitlines()[0][:300]
+            raise DistTrainError(f"checkpoint {info.path} does not fit the model or optimizer this config builds "
+                                 f"({first}); resume with the config it was saved with, or pass --fresh") from None
+        apply_hyperparameters(self.strategy.optimizer, self.cfg.optim)  # a changed optim.* applies from here on
         self.schedule.load_state_dict(trainer["schedule"])
         self.early_stopping.load_state_dict(trainer["early_stopping"], ckpt.load_file(info.path, "best_model.pt"))
         progress = trainer["progress"]
@@ -330,7 +349,8 @@ class Trainer:
         self.wandb_run_id = trainer["wandb_run_id"] or self.wandb_run_id
         self.best_monitored = trainer["best_monitored"]
         self._last_logged_lr = trainer.get("last_logged_lr")
-        same_shape = int(trainer["world_size"]) == self.env.world_size
+        self._previous_world_size = int(trainer["world_size"])
+        same_shape = self._previous_world_size == self.env.world_size
         mine = ckpt.load_file(info.path, f"rank-{self.env.rank:05d}.pt")
         if same_shape and mine is not None:
             self._rng_to_restore = mine["rng"]
@@ -342,8 +362,24 @@ class Trainer:
             seed_everything(rank_seed(self.cfg.train.seed + self.global_step, self.env.rank))
             first = ckpt.load_file(info.path, "rank-00000.pt")
             self.running_loss.load_state_dict(first["running_loss"], include_pending=False)
-            if self.cfg.data.source == "shards" and self.step_in_epoch:
-                # shards are dealt to ranks by world size: the epoch's position does not carry over
-                self.step_in_epoch = 0
+        if self.cfg.data.source == "shards" and self.step_in_epoch and not (
+                same_shape and _same_shard_stream(trainer.get("config"), self.cfg)):
+            # shards are dealt to ranks and readers by their number, and each
+            # reader shuffles its own buffer: the epoch's position does not carry over
+            self.step_in_epoch = 0
+
+    def log_resume(self, info: ckpt.CheckpointInfo, changed: dict[str, Any] | None = None) -> None:
+        """The `resume` record (after `attach_tracker`): where from, and the
+        settings the run now goes on with."""
+        extra = {"changed": changed} if changed else {}
         self.tracker.log("resume", checkpoint=str(info.path), epoch=self.epoch, step=self.global_step,
-                         world_size=self.env.world_size, previous_world_size=int(trainer["world_size"]))
+                         world_size=self.env.world_size, previous_world_size=self._previous_world_size, **extra)
+
+
+def _same_shard_stream(stored_yaml: str | None, cfg: Config) -> bool:
+    """Whether the stored run read its shards with the same readers and buffer."""
+    import yaml
+
+    stored = (yaml.safe_load(stored_yaml or "") or {}).get("data", {})
+    return (stored.get("loader_workers") == cfg.data.loader_workers
+            and stored.get("shuffle_buffer") == cfg.data.shuffle_buffer)

@@ -16,6 +16,18 @@ from dist_train.env import DistEnv
 from dist_train.resolve import Resolved
 
 
+def check_data(cfg: Config, world_size: int) -> None:
+    """The data mistakes that can be found without reading the samples (a
+    missing data set, shards that do not divide among the readers), for a
+    launcher to refuse the job before it starts any worker."""
+    d = cfg.data
+    if d.source == "shards":
+        from dist_train.data.shards import load_manifest
+        from dist_train.data.stream import check_shard_readers
+
+        check_shard_readers(load_manifest(d.path), world_size, d.loader_workers)
+
+
 def build_data(cfg: Config, env: DistEnv, resolved: Resolved) -> Any:
     d = cfg.data
     if d.source == "shards":
@@ -26,5 +38,5 @@ def build_data(cfg: Config, env: DistEnv, resolved: Resolved) -> Any:
                         cfg.train.seed, d.drop_last)
 
 
-__all__ = ["Batch", "InMemoryData", "InMemoryLoader", "ShardedBatchPlan", "Splits", "build_data", "build_splits",
+__all__ = ["Batch", "InMemoryData", "InMemoryLoader", "ShardedBatchPlan", "Splits", "build_data", "build_splits", "check_data",
            "eval_shard"]
