@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dist-train",
         description="Data-parallel training of feed-forward networks on CPUs or GPUs, one process or many.",
     )
+    from dist_train import __version__
+
+    parser.add_argument("--version", action="version", version=f"dist-train {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p_run = sub.add_parser(
@@ -138,62 +141,94 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "launch":
-            return cmd_launch(args)
-        if args.command == "prepare":
-            return cmd_prepare(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "export":
-            return cmd_export(args)
-        if args.command == "sweep":
-            return cmd_sweep(args)
-        if args.command == "check":
-            return cmd_check(args)
-        if args.command == "slurm":
-            from launcher.slurm_submit import submit
+    commands = {"run": cmd_run, "launch": cmd_launch, "prepare": cmd_prepare, "report": cmd_report,
+                "export": cmd_export, "sweep": cmd_sweep, "check": cmd_check, "slurm": cmd_slurm}
+    return _speaking(commands[args.command], args)
 
-            return submit(args)
+
+def run_worker(argv: list[str]) -> int:
+    """A worker of `dist-train launch`: `dist-train run` with the launcher's lock and stop report."""
+    args = build_parser().parse_args(["run", *argv])
+    return _speaking(lambda a: cmd_run(a, under_launcher=True), args)
+
+
+def _speaking(command, args: argparse.Namespace) -> int:
+    """A user's mistake is one line and its exit status, never a traceback."""
+    try:
+        return command(args)
     except DistTrainError as exc:
         print(f"dist-train: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    raise AssertionError(args.command)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from dist_train.config import load_config
-    from dist_train.env import DistEnv
-    from dist_train.runner import run
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from launcher.slurm_submit import submit
 
+    return submit(args)
+
+
+def cmd_run(args: argparse.Namespace, under_launcher: bool = False) -> int:
+    """`under_launcher`: this is a worker of `dist-train launch`, which holds the
+    run directory's lock (when it says so) and reports a stop itself."""
     import os
+    from pathlib import Path
 
     import torch
 
+    from dist_train.config import load_config
+    from dist_train.env import DistEnv
+    from dist_train.run_lock import lock_path
+    from dist_train.runner import run
+    from launcher.elastic import RUN_LOCK_VAR
     from launcher.slurm_env import torch_env_from_slurm
 
     cfg = load_config(args.config, [*args.overrides, *resume_overrides(args)])
     gpus = torch.cuda.device_count() if cfg.dist.device != "cpu" else 0
     os.environ.update(torch_env_from_slurm(os.environ, gpus))  # under srun: SLURM's ranks as torch's
     env = DistEnv.from_env(device=cfg.dist.device)
-    return run(cfg, env)
+    held = under_launcher and os.environ.get(RUN_LOCK_VAR) == str(lock_path(Path(cfg.run.dir)).resolve())
+    return run(cfg, env, take_lock=not held, announce_stop=not under_launcher)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from dist_train.config import load_config
-    from dist_train.resolve import resolve
-    from launcher.elastic import launch, planned_world_size
+    from pathlib import Path
 
-    # Check the config once here, so a mistake is one clear message instead of
-    # one traceback per worker.
+    from dist_train.config import load_config
+    from dist_train.data import check_data
+    from dist_train.resolve import resolve
+    from dist_train.run_lock import RunDirLock
+    from dist_train.start import plan_start
+    from launcher.elastic import check_launch_arguments, launch, planned_world_size
+
+    # Everything that can be checked here is, before any worker starts: one
+    # clear line and exit status 2 instead of a traceback per worker.
+    check_launch_arguments(args)
     overrides = [*args.overrides, *resume_overrides(args)]
     cfg = load_config(args.config, overrides)
+    run_dir = Path(cfg.run.dir)
     world_size = planned_world_size(args)
-    if world_size is not None:
-        resolve(cfg, world_size)
-    return launch(args, args.config, overrides, cfg.dist.timeout_s)
+    if world_size is None:  # an elastic range or a device-dependent count: the workers check
+        return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir)
+    resolved = resolve(cfg, world_size)
+    check_data(cfg, world_size)
+    # One node: this launcher holds the run directory for the whole job, so a
+    # second job is refused before it starts a worker. Several nodes: which
+    # node holds rank 0 is known only after the rendezvous; rank 0 takes it.
+    lock = RunDirLock(run_dir, "dist-train launch") if str(args.nnodes) in ("1", "1:1") else None
+    if lock is not None:
+        lock.acquire()
+    started = False
+    try:
+        plan = plan_start(cfg, resolved, warn=lambda message: None)  # the workers report skipped checkpoints
+        if plan.finished:
+            print(plan.finished_line(run_dir), flush=True)
+            return 0
+        started = True
+        return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir,
+                      lock.path if lock is not None else None)
+    finally:
+        if lock is not None:
+            lock.release() if started else lock.release_and_tidy()
 
 
 def cmd_report(args: argparse.Namespace) -> int:

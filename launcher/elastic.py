@@ -17,6 +17,8 @@ from pathlib import Path
 # Where each worker leaves its exit status ("RESTART-LOCALRANK" -> code), so the
 # launcher knows how its workers ended even when torch's agent cannot tell it.
 STATUS_DIR_VAR = "DIST_TRAIN_STATUS_DIR"
+# The run directory's lock, when the launcher holds it for its workers.
+RUN_LOCK_VAR = "DIST_TRAIN_RUN_LOCK"
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +37,35 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-restarts", type=int, default=0,
                    help="restart all workers up to this many times after a failure (default 0: fail at once)")
     g.add_argument("--monitor-interval", type=float, default=0.5, help="seconds between worker health checks")
+
+
+def check_launch_arguments(args: argparse.Namespace) -> None:
+    """Each launcher flag checked like a config key: one line naming the flag,
+    the value and what is allowed (exit status 2)."""
+    from dist_train.errors import DistTrainError
+
+    def bad(flag: str, value: object, allowed: str) -> DistTrainError:
+        return DistTrainError(f"{flag} {value!r} is not allowed: {allowed}")
+
+    nproc = str(args.nproc_per_node)
+    if nproc not in ("gpu", "cpu", "auto") and not (nproc.isdigit() and int(nproc) >= 1):
+        raise bad("--nproc-per-node", args.nproc_per_node, "give the number of workers on this node (1 or more), or "
+                                                           "gpu, cpu or auto as torchrun takes them")
+    nnodes = str(args.nnodes).split(":")
+    if len(nnodes) > 2 or not all(n.isdigit() and int(n) >= 1 for n in nnodes) or int(nnodes[0]) > int(nnodes[-1]):
+        raise bad("--nnodes", args.nnodes, "give the number of nodes (1 or more), or MIN:MAX with 1 <= MIN <= MAX")
+    if args.max_restarts < 0:
+        raise bad("--max-restarts", args.max_restarts, "give 0 (no restarts) or more")
+    if args.node_rank is not None and not 0 <= args.node_rank < int(nnodes[-1]):
+        raise bad("--node-rank", args.node_rank, f"give a node rank from 0 to {int(nnodes[-1]) - 1}")
+    if not args.monitor_interval > 0:
+        raise bad("--monitor-interval", args.monitor_interval, "give a number of seconds greater than 0")
+    if args.master_port is not None and not 0 < args.master_port < 65536:
+        raise bad("--master-port", args.master_port, "give a TCP port from 1 to 65535")
+    if args.rdzv_endpoint is not None:
+        host, _, port = args.rdzv_endpoint.rpartition(":")
+        if not args.rdzv_endpoint.strip() or (host and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise bad("--rdzv-endpoint", args.rdzv_endpoint, "give HOST or HOST:PORT of the first node")
 
 
 def planned_world_size(args: argparse.Namespace) -> int | None:
@@ -112,7 +143,7 @@ class StuckAgentWatchdog(threading.Thread):
         while True:
             time.sleep(self.poll_s)
             now = time.monotonic()
-            if _live_children():
+            if live_children():
                 seen_workers, last_alive = True, now
                 continue
             if not seen_workers or now - last_alive < self.grace_s:
@@ -136,16 +167,13 @@ class StuckAgentWatchdog(threading.Thread):
             return False
 
     def _workers_succeeded(self) -> bool:
-        codes: dict[int, list[int]] = {}
-        for path in self.status_dir.glob("*-*"):
-            restart, _ = path.name.split("-", 1)
-            codes.setdefault(int(restart), []).append(int(path.read_text() or 1))
-        return bool(codes) and all(c == 0 for c in codes[max(codes)])
+        codes = worker_statuses(self.status_dir)
+        return bool(codes) and all(c == 0 for c in codes.values())
 
 
-def _live_children() -> bool:
-    """Whether this process has a child that has not exited (a worker)."""
-    me = os.getpid()
+def live_children() -> list[int]:
+    """This process's children that have not exited (the workers)."""
+    me, found = os.getpid(), []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -155,8 +183,20 @@ def _live_children() -> bool:
             continue
         fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
         if int(fields[1]) == me and fields[0] != "Z":
-            return True
-    return False
+            found.append(int(entry.name))
+    return found
+
+
+def worker_statuses(status_dir: Path) -> dict[int, int]:
+    """Exit status of each worker (by local rank) of the latest round of workers."""
+    rounds: dict[int, dict[int, int]] = {}
+    for path in status_dir.glob("*-*"):
+        restart, local_rank = path.name.split("-", 1)
+        try:
+            rounds.setdefault(int(restart), {})[int(local_rank)] = int(path.read_text() or 1)
+        except ValueError:
+            continue
+    return rounds[max(rounds)] if rounds else {}
 
 
 def write_worker_status(code: int) -> None:
@@ -170,12 +210,17 @@ def write_worker_status(code: int) -> None:
             pass
 
 
-def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_s: float = 120.0) -> int:
+def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_s: float = 120.0,
+           run_dir: Path = Path("runs/default"), lock_path: Path | None = None) -> int:
+    """Start the workers and wait for them; returns the launcher's exit status.
+    `lock_path`: the run directory's lock, held by this process for the job
+    (the workers then do not take it again)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    from dist_train.callbacks import EXIT_RESUME
     from torch.distributed.run import main as torchrun_main
+
+    from dist_train.errors import EXIT_RESUME
+    from launcher.stop_signals import LauncherSignals, StopNow, report_stop, report_stop_now
 
     if "OMP_NUM_THREADS" not in os.environ and str(args.nproc_per_node) != "1":
         # What torchrun would choose, set here so it does not print a banner about it:
@@ -183,34 +228,28 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         os.environ["OMP_NUM_THREADS"] = "1"
     status_dir = Path(tempfile.mkdtemp(prefix="dist-train-launch-"))
     os.environ[STATUS_DIR_VAR] = str(status_dir)
+    if lock_path is not None:
+        os.environ[RUN_LOCK_VAR] = str(Path(lock_path).resolve())
     endpoint = rendezvous_endpoint(args)
     if endpoint is not None and os.path.isdir("/proc"):
         # With restarts left, give the network timeout_s to come back; without,
         # nothing is left to wait for once the workers have ended.
         grace_s = max(timeout_s, 5.0) if args.max_restarts > 0 else 5.0
         StuckAgentWatchdog(endpoint, grace_s, status_dir).start()
-    def usr1_like_sigterm(signum: int, frame: object) -> None:
-        # what torch's agent does on SIGTERM: it ends its loop, passes the signal
-        # to the workers and waits for them (to save and exit 75)
-        raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
-
-    # SLURM's preemption notice (--signal=USR1) reaches every process of the job
-    # step. torchrun handles TERM, INT, HUP and QUIT only (before torch 2.9, and
-    # by default after): USR1 would kill it and leave its workers behind.
-    previous_usr1 = signal.signal(signal.SIGUSR1, usr1_like_sigterm)
+    expected = int(args.nproc_per_node) if str(args.nproc_per_node).isdigit() else None
+    signals = LauncherSignals(live_children).install()
     try:
         torchrun_main(torchrun_argv(args, config, overrides))
     except SignalException as exc:
-        # torchrun passed the signal on to the workers, which save a checkpoint at
-        # their next step boundary and exit before it returns
-        print(f"dist-train launch: stopped by signal {exc.sigval.name}; the workers were asked to save a "
-              f"checkpoint and stop. Run the same command again to resume.", file=sys.stderr, flush=True)
-        return EXIT_RESUME
+        # torch's agent passed the signal on to the workers and waited for them
+        return report_stop(exc.sigval.name, worker_statuses(status_dir), expected, run_dir)
+    except StopNow as exc:
+        return report_stop_now(exc.signum, run_dir)
     except ChildFailedError as exc:
         # torchrun has printed its failure table; add the one line that matters
         codes = {f.exitcode for f in exc.failures.values()}
-        if codes == {EXIT_RESUME}:  # every worker stopped on request and saved
-            return EXIT_RESUME
+        if codes == {EXIT_RESUME}:  # every worker stopped on request (signalled directly) and saved
+            return report_stop(None, worker_statuses(status_dir), expected, run_dir)
         detail = ""
         if exc.failures:
             rank, first = exc.get_first_failure()
@@ -218,6 +257,6 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         print(f"dist-train launch: workers failed{detail}; see the worker output above", file=sys.stderr, flush=True)
         return 1
     finally:
-        signal.signal(signal.SIGUSR1, previous_usr1)
+        signals.uninstall()
         shutil.rmtree(status_dir, ignore_errors=True)
     return 0

@@ -2,10 +2,10 @@
 
 import sys
 
-from launcher.cli import main
+from launcher.cli import run_worker
 from launcher.elastic import write_worker_status
 
 if __name__ == "__main__":
-    code = main(["run", *sys.argv[1:]])
+    code = run_worker(sys.argv[1:])
     write_worker_status(code)
     raise SystemExit(code)
