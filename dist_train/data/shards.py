@@ -4,7 +4,15 @@ One tar member group per *block* of up to `block_size` samples
 (`<key>.inputs.npy`, `<key>.targets.npy`): reading one member per sample is
 far slower than a small MLP consumes, blocks are not. The manifest records the
 splits, every shard's sample count, size and SHA-256, the input shape and
-dtype, the classes, and the training split's normalization statistics.
+dtype, the task and its classes or outputs, and the training split's
+normalization statistics.
+
+Targets are int64 class indices of shape (n,) for classification, float32 of
+shape (n, *target_shape) for regression. The fields that say so ("task",
+"class_names", "target_shape", "num_outputs") were added to format 1 later and
+are written only when they carry something: a manifest without them is
+classification without class names, as every earlier manifest is, and the
+built-in sets still write byte-identical manifests.
 
 A data set directory is written whole into a temporary directory and renamed
 into place, so a crash never leaves half-written shards where a reader looks.
@@ -30,6 +38,8 @@ from dist_train.errors import DistTrainError
 FORMAT = "dist-train-shards/1"
 SPLITS = ("train", "val", "test")
 FIELDS = ("inputs.npy", "targets.npy")
+TASKS = ("classification", "regression")
+TARGET_DTYPES = {"classification": np.dtype(np.int64), "regression": np.dtype(np.float32)}
 
 
 @dataclass(frozen=True)
@@ -51,9 +61,21 @@ class Manifest:
     block_size: int
     splits: dict[str, tuple[ShardInfo, ...]]
     normalization: dict[str, dict[str, list[float]]]
+    task: str = "classification"
+    class_names: tuple[str, ...] | None = None  # index -> name, when the source named its classes
+    target_shape: tuple[int, ...] = ()  # one sample's target: () for a class index or one real value, (K,) for K
 
     def num_samples(self, split: str) -> int:
         return sum(s.samples for s in self.splits[split])
+
+    @property
+    def num_outputs(self) -> int:
+        """The model's outputs: one per class, or one per regression value."""
+        return self.num_classes if self.task == "classification" else int(np.prod(self.target_shape))
+
+    def expected_targets(self, n: int) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of a block of `n` samples' targets."""
+        return (n, *self.target_shape), TARGET_DTYPES[self.task]
 
 
 # ------------------------------------------------------------------ writing
@@ -77,12 +99,25 @@ def normalization_stats(train_inputs: np.ndarray) -> dict[str, dict[str, list[fl
 
 
 def write_dataset(out: Path, name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,
-                  shards: dict[str, int], block_size: int = 256, source: dict[str, Any] | None = None) -> Manifest:
+                  shards: dict[str, int], block_size: int = 256, source: dict[str, Any] | None = None, *,
+                  task: str = "classification", class_names: tuple[str, ...] | None = None) -> Manifest:
     """Write `splits` (name -> (inputs, targets) in the order to store them) as
     shards under `out`, replacing a data set already there. Deterministic: the
-    same arrays give byte-identical files."""
+    same arrays give byte-identical files. Classification stores the targets
+    as int64 class indices (N,); regression as float32 (N,) or (N, K), with
+    `num_classes` 0."""
     import webdataset as wds
 
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {TASKS}")
+    target_dtype = TARGET_DTYPES[task]
+    target_shape = tuple(splits["train"][1].shape[1:])
+    for split, (_, targets) in splits.items():
+        if tuple(targets.shape[1:]) != target_shape or (task == "classification" and target_shape):
+            raise ValueError(f"{split}: targets of shape {targets.shape} do not fit task {task} "
+                             f"(train targets {splits['train'][1].shape})")
+    if class_names is not None and (task != "classification" or len(class_names) != num_classes):
+        raise ValueError(f"{len(class_names)} class names for task {task} with {num_classes} classes")
     out = Path(out)
     if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
         raise DistTrainError(f"{out} exists and is not a prepared data set (no manifest.json); "
@@ -108,7 +143,7 @@ def write_dataset(out: Path, name: str, splits: dict[str, tuple[np.ndarray, np.n
                             end = min(start + block_size, hi)
                             writer.write({"__key__": f"{split}-{index:05d}-{blocks:06d}",
                                           "inputs.npy": _npy_bytes(inputs[start:end]),
-                                          "targets.npy": _npy_bytes(targets[start:end].astype(np.int64))})
+                                          "targets.npy": _npy_bytes(targets[start:end].astype(target_dtype))})
                             blocks += 1
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -116,7 +151,8 @@ def write_dataset(out: Path, name: str, splits: dict[str, tuple[np.ndarray, np.n
                 entries[split].append({"file": path.name, "samples": hi - lo, "blocks": blocks,
                                        "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
         manifest = {"format": FORMAT, "name": name, "input_shape": list(input_shape or ()),
-                    "input_dtype": str(splits["train"][0].dtype), "num_classes": num_classes,
+                    "input_dtype": str(splits["train"][0].dtype), **_task_fields(task, num_classes, class_names,
+                                                                                  target_shape),
                     "block_size": block_size, "normalization": normalization_stats(splits["train"][0]),
                     "source": source or {}, "splits": {s: {"samples": sum(e["samples"] for e in v), "shards": v}
                                                        for s, v in entries.items()}}
@@ -126,6 +162,18 @@ def write_dataset(out: Path, name: str, splits: dict[str, tuple[np.ndarray, np.n
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_manifest(out)
+
+
+def _task_fields(task: str, num_classes: int, class_names: tuple[str, ...] | None,
+                 target_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The manifest's task fields. Plain classification writes only num_classes,
+    exactly as before these fields existed."""
+    if task == "regression":
+        return {"task": task, "num_classes": 0, "target_shape": list(target_shape),
+                "num_outputs": int(np.prod(target_shape))}
+    if class_names is not None:
+        return {"task": task, "num_classes": num_classes, "class_names": list(class_names)}
+    return {"num_classes": num_classes}
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -159,11 +207,19 @@ def load_manifest(root: Path) -> Manifest:
         raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT:
             raise DistTrainError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}; prepare the data again")
+        task = raw.get("task", "classification")
+        if task not in TASKS:
+            raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}")
+        class_names = raw.get("class_names")
+        if class_names is not None and len(class_names) != int(raw["num_classes"]):
+            raise ValueError(f"{len(class_names)} class_names for num_classes {raw['num_classes']}")
         return Manifest(
             root=root, name=raw["name"], input_shape=tuple(raw["input_shape"]), input_dtype=raw["input_dtype"],
             num_classes=int(raw["num_classes"]), block_size=int(raw["block_size"]),
             splits={s: tuple(ShardInfo(**e) for e in raw["splits"][s]["shards"]) for s in SPLITS},
-            normalization=raw["normalization"])
+            normalization=raw["normalization"], task=task,
+            class_names=tuple(str(c) for c in class_names) if class_names is not None else None,
+            target_shape=tuple(int(d) for d in raw.get("target_shape", ())))
     except (ValueError, KeyError, TypeError) as exc:
         raise DistTrainError(f"{path} is not a valid manifest ({type(exc).__name__}: {exc}); prepare the data again") from None
 
@@ -210,9 +266,12 @@ def verify_shard(manifest: Manifest, info: ShardInfo) -> list[str]:
         for inputs, targets in iter_blocks(path, io.BytesIO(data)):
             blocks += 1
             samples += len(targets)
-            if tuple(inputs.shape[1:]) != manifest.input_shape or len(inputs) != len(targets):
-                problems.append(f"shard {path}: block {blocks} has inputs {inputs.shape} and targets {targets.shape}, "
-                                f"expected (n, {', '.join(map(str, manifest.input_shape))}) and (n,)")
+            target_shape, target_dtype = manifest.expected_targets(len(inputs))
+            if (tuple(inputs.shape[1:]) != manifest.input_shape or targets.shape != target_shape
+                    or targets.dtype != target_dtype):
+                problems.append(f"shard {path}: block {blocks} has inputs {inputs.shape} and targets {targets.shape} "
+                                f"{targets.dtype}, expected {_shape('n', manifest.input_shape)} and "
+                                f"{_shape('n', manifest.target_shape)} {target_dtype} ({manifest.task})")
                 break
     except DistTrainError as exc:
         problems.append(str(exc))
@@ -221,3 +280,7 @@ def verify_shard(manifest: Manifest, info: ShardInfo) -> list[str]:
         problems.append(f"shard {path} holds {samples} samples in {blocks} blocks, the manifest says "
                         f"{info.samples} in {info.blocks}")
     return problems
+
+
+def _shape(first: str, rest: tuple[int, ...]) -> str:
+    return f"({', '.join([first, *map(str, rest)])}{',' if not rest else ''})"
