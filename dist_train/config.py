@@ -246,6 +246,39 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def relevant_dict(config: Config) -> dict[str, Any]:
+    """`to_dict` without the keys the chosen options never read (the synthetic
+    source's sizes for the digits, DeepSpeed's keys under DDP, ...): what a
+    person comparing runs in W&B wants to see."""
+    tree = to_dict(config)
+    d, m, o, sc = config.data, config.model, config.optim, config.schedule
+    unused = {
+        "data": ([] if d.source == "synthetic" else ["num_samples", "num_features", "num_classes"])
+        + ([] if d.source == "shards" else ["path", "loader_workers", "shuffle_buffer", "verify"])
+        + (["val_fraction", "test_fraction", "split_seed"] if d.source == "shards" else []),
+        "model": ([] if m.name == "mlp" else ["hidden_sizes", "batch_norm"]) + ([] if m.name == "cnn" else ["channels"])
+        + ([] if m.init == "gaussian" else ["init_std"]),
+        "optim": ([] if o.name in ("sgd", "rmsprop") else ["momentum"]) + ([] if o.name == "sgd" else ["nesterov"])
+        + ([] if o.name in ("adam", "adamw") else ["betas"]) + ([] if o.name == "rmsprop" else ["alpha"])
+        + ([] if o.name == "adadelta" else ["rho"]) + (["eps"] if o.name == "sgd" else []),
+        "schedule": ([] if sc.name == "step" else ["step_size_epochs"])
+        + ([] if sc.name == "multistep" else ["milestones_epochs"])
+        + ([] if sc.name in ("step", "multistep", "exponential") else ["gamma"])
+        + ([] if sc.name == "cosine" else ["min_lr"])
+        + ([] if sc.name == "plateau" else ["factor", "patience", "threshold", "monitor"])
+        + ([] if sc.scale_lr else ["reference_batch_size"]),
+        "early_stopping": [] if config.early_stopping.enabled else
+        ["monitor", "mode", "patience", "min_delta", "restore_best"],
+        "strategy": ([] if config.strategy.name == "deepspeed" else
+                     ["zero_stage", "offload_optimizer", "offload_params", "deepspeed_config"])
+        + (["bucket_cap_mb"] if config.strategy.name in ("deepspeed", "single") else []),
+    }
+    for section, keys in unused.items():
+        for key in keys:
+            tree[section].pop(key, None)
+    return tree
+
+
 def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 

@@ -25,7 +25,8 @@ import torch
 
 from dist_train.callbacks import StopRequest
 from dist_train.comm import Comm
-from dist_train.config import Config, to_dict
+from dist_train.config import Config, relevant_dict
+from dist_train.data import check_data
 from dist_train.distributed import process_group
 from dist_train.env import DistEnv
 from dist_train.errors import EXIT_FAILED, EXIT_OK, EXIT_RESUME, TrainingFailed
@@ -70,6 +71,7 @@ def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer, take_
 def _run(cfg: Config, env: DistEnv, resolved, stop: StopRequest, trainer_class: type[Trainer], take_lock: bool,
          announce_stop: bool) -> int:
     comm = Comm.of(env)
+    check_data(cfg, env.world_size)  # the data's own message first (a missing data set is not a config change)
     run_dir = Path(cfg.run.dir)
     lock = RunDirLock(run_dir, "dist-train run") if take_lock and env.is_rank0 else None
     committed = False
@@ -136,7 +138,10 @@ def _plan(cfg: Config, resolved, lock: RunDirLock | None) -> StartPlan:
 def _rank0_tracker(cfg: Config, run_dir: Path, plan: StartPlan) -> Tracker:
     sink = None
     if cfg.wandb.mode != "disabled":
-        sink = WandbSink(cfg.wandb, run_dir, to_dict(cfg), plan.wandb_run_id)
+        sink = WandbSink(cfg.wandb, run_dir, relevant_dict(cfg), plan.wandb_run_id)
+        where = (f"offline, stored in {run_dir / 'wandb'} (upload it later with `wandb sync {run_dir / 'wandb'}/offline-run-*`)"
+                 if sink.mode == "offline" else f"online, project {cfg.wandb.project}")
+        print(f"dist-train: W&B run {sink.run_id} {where}", flush=True)
     progress = cfg.run.progress and sys.stderr.isatty()
     return Tracker(run_dir, truncate_to=plan.metrics_lines, sink=sink, progress=progress)
 

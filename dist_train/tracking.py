@@ -165,6 +165,12 @@ class Progress:
 
         self._tqdm, self.stream, self.bar = tqdm, stream, None
         self._uncounted, self._next = 0, 0.0
+        self.epoch, self.total = 0, None  # the epoch and its steps, for the bar's ETA
+        self.initial = 0  # steps of this epoch done before (a resumed epoch)
+
+    def start_epoch(self, epoch: int, total: int, done: int = 0) -> None:
+        """The bar's total (for its ETA) and where a resumed epoch starts."""
+        self.epoch, self.total, self.initial = epoch, total, done
 
     def step(self) -> None:
         self._uncounted += 1
@@ -175,7 +181,8 @@ class Progress:
         if self.bar is None:
             # a terminal that reports no size (a bare pty) would get no bar at all
             size = shutil.get_terminal_size((100, 20))
-            self.bar = self._tqdm(total=None, file=self.stream, unit="step", ncols=size.columns, nrows=size.lines,
+            self.bar = self._tqdm(total=self.total, initial=self.initial, file=self.stream, unit="step",
+                                  desc=f"epoch {self.epoch}", ncols=size.columns, nrows=size.lines,
                                   leave=False)
             self.bar.refresh()  # show it now, even if the epoch ends before tqdm's first timed refresh
         self.bar.update(self._uncounted)
@@ -195,7 +202,7 @@ class Progress:
     @property
     def steps(self) -> int:
         """Steps of this epoch so far (the bar's count and those not handed over yet)."""
-        return (self.bar.n if self.bar is not None else 0) + self._uncounted
+        return (self.bar.n - self.initial if self.bar is not None else 0) + self._uncounted
 
     def end_epoch(self) -> None:
         if self.bar is not None:
@@ -255,6 +262,12 @@ class Tracker:
         """One optimizer step done: the progress bar moves (no record is written)."""
         if self.progress is not None:
             self.progress.step()
+
+    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
+        """An epoch of `steps` optimizer steps begins, `done` of them already
+        taken (a resumed epoch): the progress bar's total and ETA."""
+        if self.progress is not None:
+            self.progress.start_epoch(epoch, steps, done)
 
     def close(self, exit_code: int = 0) -> None:
         if self.progress is not None:

@@ -159,6 +159,7 @@ class Trainer:
         self.strategy.train_model.train()
         samples = 0
         cfg = self.cfg
+        self.tracker.start_epoch(self.epoch, self.train_loader.steps_per_epoch, self.step_in_epoch)
         for step in self.train_loader.epoch(self.epoch, self.step_in_epoch):
             if self._rng_to_restore is not None:  # resumed: the RNG as it was before this very step
                 ckpt.set_rng_state(self._rng_to_restore)

@@ -86,8 +86,12 @@ def planned_world_size(args: argparse.Namespace) -> int | None:
 
 
 def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str]) -> list[str]:
+    from launcher.stop_signals import TORCH_HANDLES
+
     argv = ["--nproc-per-node", str(args.nproc_per_node), "--nnodes", str(args.nnodes),
-            "--max-restarts", str(args.max_restarts), "--monitor-interval", str(args.monitor_interval)]
+            "--max-restarts", str(args.max_restarts), "--monitor-interval", str(args.monitor_interval),
+            # TERM, INT and USR1 are ours (launcher/stop_signals.py); torch keeps HUP and QUIT
+            "--signals-to-handle", TORCH_HANDLES]
     single_node = str(args.nnodes) in ("1", "1:1")
     if args.master_addr is not None:  # static rendezvous: every node names the same master
         argv += ["--master-addr", args.master_addr, "--node-rank", str(args.node_rank or 0)]

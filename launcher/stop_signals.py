@@ -8,9 +8,9 @@ twice (SLURM signals every process of a job step) and is ignored. A second
 Ctrl-C, or TERM/USR1 later on, means "now": the workers are killed at once and
 the launcher exits without saving.
 
-torch's agent would register its own handlers for TERM and INT (and would die
-of USR1, which it does not handle): `TORCHELASTIC_SIGNALS_TO_HANDLE` leaves it
-HUP and QUIT only, so these handlers stay in place across restarts.
+torch's agent would register its own handlers for TERM and INT at every start
+of the workers (and would die of USR1, which it does not handle): its
+`--signals-to-handle` leaves it HUP and QUIT only, so these handlers stay.
 
 Afterwards the launcher says what happened from the workers' exit statuses and
 the run directory: "checkpoint saved at step N" only when every worker saved
@@ -48,7 +48,6 @@ class LauncherSignals:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> "LauncherSignals":
-        os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = TORCH_HANDLES
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

@@ -103,6 +103,11 @@ def test_a_worker_failing_fails_the_launch_with_one_clear_line(tmp_path):
     assert "exit code 2)" in proc.stderr
 
 
+def test_version():
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == "dist-train 0.1.0"
+
+
 def test_missing_config_file(tmp_path):
     proc = cli("run", tmp_path / "missing.yaml")
     assert proc.returncode == 2 and "does not exist" in proc.stderr

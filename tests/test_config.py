@@ -47,6 +47,8 @@ def test_config_is_frozen():
         (["model.activation=gelu"], "model.activation", "not allowed"),
         (["model.dropout=1.0"], "model.dropout", "outside [0, 1)"),
         (["optim.momentum=0.9"], "optim.momentum", "does nothing with optim.name=adam"),
+        (["optim.name=sgd", "optim.momentum=1.0"], "optim.momentum", "must be below 1"),
+        (["optim.name=rmsprop", "optim.momentum=1.5"], "optim.momentum", "velocity never decays"),
         (["optim.name=adam", "optim.nesterov=true"], "optim.nesterov", "needs optim.name=sgd"),
         (["model.hidden_sizes=[64,0]"], "model.hidden_sizes[1]", "greater than 0"),
         (["optim.betas=[0.9]"], "optim.betas", "list of 2 values"),
@@ -108,3 +110,15 @@ def test_dump_round_trips_and_replace_revalidates():
 @pytest.mark.parametrize("name", ["quickstart.yaml", "digits_mlp.yaml", "digits_cnn.yaml", "cpu_test.yaml"])
 def test_shipped_configs_load(name):
     assert isinstance(load_config(f"{REPO}/configs/{name}"), Config)
+
+
+def test_the_wandb_config_leaves_out_keys_the_chosen_options_never_read():
+    from dist_train.config import relevant_dict
+
+    digits = relevant_dict(load_config(f"{REPO}/configs/quickstart.yaml"))
+    assert "num_samples" not in digits["data"] and "path" not in digits["data"]  # synthetic's and shards' keys
+    assert "zero_stage" not in digits["strategy"] and "channels" not in digits["model"]
+    assert "momentum" not in digits["optim"] and digits["optim"]["betas"] == [0.9, 0.999]
+    synthetic = relevant_dict(load_config(None, ["data.source=synthetic", "strategy.name=deepspeed", "optim.name=sgd"]))
+    assert synthetic["data"]["num_samples"] == 512 and synthetic["strategy"]["zero_stage"] == 2
+    assert synthetic["optim"]["momentum"] == 0.0 and "betas" not in synthetic["optim"]

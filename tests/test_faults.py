@@ -136,21 +136,6 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_saves_exits_75_and_resumes_exactly(tmp_path, uninterrupted):
-    proc = launch(tmp_path)
-    wait_for_step(tmp_path, 23, proc)  # mid-epoch (15 steps per epoch)
-    proc.send_signal(signal.SIGTERM)
-    code, out = finish(proc)
-    assert code == 75, out
-    assert "Run the same command again to resume" in out
-    code, out = finish(launch(tmp_path))
-    assert code == 0, out
-    assert "resuming from" in out
-    for key, value in uninterrupted.items():
-        assert torch.equal(value, final_weights(tmp_path)[key]), key
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_worker_killed_is_restarted_and_ends_with_the_uninterrupted_weights(tmp_path, uninterrupted, seed):
     proc = launch(tmp_path, restarts=1)

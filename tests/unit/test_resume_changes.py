@@ -1,0 +1,54 @@
+"""What a resume may change: refused, applied or ignored, per key."""
+
+import pytest
+
+from dist_train.config import load_config, to_dict
+from dist_train.errors import DistTrainError
+from dist_train.resume_changes import compare
+
+
+def changes(*overrides, old=(), stored_strategy="ddp", new_strategy="ddp"):
+    return compare(to_dict(load_config(None, list(old))), to_dict(load_config(None, list(overrides))),
+                   stored_strategy, new_strategy)
+
+
+@pytest.mark.parametrize("override", ["model.hidden_sizes=[128]", "model.name=cnn", "model.activation=tanh",
+                                      "model.batch_norm=true", "data.source=synthetic", "data.split_seed=3",
+                                      "data.normalize=none", "train.loss=mse", "train.seed=1",
+                                      "train.global_batch_size=128", "optim.name=sgd", "optim.weight_decay=0.01"])
+def test_changes_the_checkpoint_cannot_continue_with_are_refused(override):
+    found = changes(override)
+    assert [c.key for c in found.refused] == [override.split("=")[0]]
+    with pytest.raises(DistTrainError, match=rf"cannot resume the run in RUN from CKPT with this config: "
+                                             rf"{override.split('=')[0]} .* -> .*\(.+\)\. Pass --fresh"):
+        found.raise_if_refused("RUN", "CKPT")
+
+
+@pytest.mark.parametrize("override", ["optim.lr=0.01", "train.epochs=20", "schedule.name=cosine",
+                                      "early_stopping.enabled=true", "checkpoint.keep_last=5", "model.dropout=0.3",
+                                      "train.grad_clip_norm=1.0", "data.loader_workers=2", "wandb.mode=offline",
+                                      "train.grad_accum_steps=2", "train.log_every_steps=5"])
+def test_changes_a_run_can_go_on_with_are_applied_and_recorded(override):
+    key, value = override.split("=")
+    found = changes(override)
+    assert not found.refused and [c.key for c in found.applied] == [key]
+    assert key in found.record() and found.line().startswith(f"changed settings: {key} ")
+
+
+def test_initialization_settings_are_reported_as_having_no_effect():
+    found = changes("model.init=orthogonal")
+    assert not found.refused and not found.applied
+    assert "no effect on a resumed run" in found.line() and "model.init 'kaiming' -> 'orthogonal'" in found.line()
+
+
+def test_the_strategy_state_layout_and_weight_decay_switching_on():
+    assert [c.key for c in changes(stored_strategy="ddp", new_strategy="deepspeed").refused] == ["strategy.name"]
+    assert not changes(stored_strategy="single", new_strategy="ddp").changes  # 1 -> 2 workers: same layout
+    assert not changes("optim.weight_decay=0.02", old=["optim.weight_decay=0.01"]).refused  # a new value: applied
+    precision = changes("train.precision=bf16", stored_strategy="deepspeed", new_strategy="deepspeed")
+    assert [c.key for c in precision.refused] == ["train.precision"]
+    assert not changes("train.precision=bf16").refused  # under DDP: autocast only, nothing stored
+
+
+def test_where_to_start_and_the_run_directory_are_not_compared():
+    assert not changes("run.resume=never", "run.dir=elsewhere").changes
