@@ -4,11 +4,14 @@ torch's `nn.SyncBatchNorm` refuses CPU tensors, so CPU/gloo training (and the
 reference for the GPU path) uses this implementation: a custom autograd
 function that, in training mode,
 
-- forward: computes each rank's per-channel mean and M2 (sum of squared
-  deviations) with torch's fused kernel, then all-reduces one float64 vector per layer,
-  [count, count*mean, M2 + count*mean^2], from which every rank gets the same
-  global mean and biased variance (Chan et al.'s parallel variance, carried in
-  float64 so the subtraction does not cancel);
+- forward: computes each rank's per-channel count, mean and M2 (sum of squared
+  deviations from its own mean) with torch's fused kernel, all-gathers them
+  (one small float64 tensor per layer) and combines them with the parallel
+  variance of Chan et al., M2 = sum of the M2s + sum of count * (rank mean -
+  global mean)^2: a sum of non-negative terms, so a mean large next to the
+  spread costs no digits (E[x^2] - E[x]^2 would cancel). Every rank combines
+  the same gathered bytes in the same order, so all get bit-identical global
+  mean and biased variance;
 - backward: all-reduces one vector per layer, [sum dy, sum dy*xhat], the two
   sums the input gradient needs.
 
@@ -34,7 +37,7 @@ from dist_train.env import DistEnv
 
 def global_moments(x: torch.Tensor, world_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-channel mean and biased variance over all ranks' `x`, and the global
-    count of values per channel. One all-reduce (a collective: every rank calls it)."""
+    count of values per channel. One all-gather (a collective: every rank calls it)."""
     channels = x.shape[1]
     count = x.numel() // channels if channels else 0
     if count > 0:  # torch's fused per-channel kernel (stable, one pass)
@@ -42,17 +45,23 @@ def global_moments(x: torch.Tensor, world_size: int) -> tuple[torch.Tensor, torc
         mean, m2 = mean.double(), var.double() * count
     else:  # this rank holds no samples: it contributes nothing but still takes part
         mean = m2 = torch.zeros(channels, dtype=torch.float64, device=x.device)
-    stats = torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=x.device),
-                       count * mean, m2 + count * mean * mean])
+    local = torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=x.device), mean, m2])
     if world_size > 1:
-        dist.all_reduce(stats)
-    total = int(round(stats[0].item()))
+        # into a list: all_gather_into_tensor is deprecated from torch 2.13 on, and its
+        # successor all_gather_single is missing in the older releases we support
+        gathered = [torch.empty_like(local) for _ in range(world_size)]
+        dist.all_gather(gathered, local)
+        stats = torch.stack(gathered)
+    else:
+        stats = local.unsqueeze(0)
+    counts, means, m2s = stats[:, :1], stats[:, 1:1 + channels], stats[:, 1 + channels:]
+    total = int(round(counts.sum().item()))
     if total <= 1:
         raise ValueError(f"synchronized batch norm needs more than 1 value per channel across all ranks in "
                          f"training, got {total}; use a larger global batch or data.drop_last=true")
-    g_mean = stats[1:1 + channels] / total
-    g_var = (stats[1 + channels:] / total - g_mean * g_mean).clamp_min(0.0)
-    return g_mean, g_var, total
+    g_mean = (counts * means).sum(0) / total
+    g_m2 = m2s.sum(0) + (counts * (means - g_mean) ** 2).sum(0)
+    return g_mean, g_m2 / total, total
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):
