@@ -18,8 +18,10 @@ function that, in training mode,
 Ranks may hold different numbers of samples, or none: every rank still calls
 both collectives, so nobody waits alone. Running mean and the unbiased running
 variance are updated from the global statistics and so stay identical on every
-rank. In evaluation mode the running statistics are used and nothing is
-communicated.
+rank. In evaluation mode nothing is communicated (one rank may evaluate alone):
+the running statistics are used, or, in a layer without them
+(track_running_stats=False), this rank's own batch statistics, as torch's batch
+norm does.
 """
 
 from __future__ import annotations
@@ -123,11 +125,14 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        use_batch_stats = self.training or not self.track_running_stats
-        if not use_batch_stats:  # evaluation: running statistics, no communication
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        if not self.training:
+            # torch's rule: the running statistics, or the batch's own where the layer
+            # keeps none. Either way this rank's alone: a rank may evaluate by itself.
+            no_running_stats = self.running_mean is None and self.running_var is None
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                no_running_stats, 0.0, self.eps)
         mean, var, total = global_moments(x.detach(), self.world_size)
-        if self.training and self.track_running_stats:
+        if self.track_running_stats and self.running_mean is not None:
             self._update_running_stats(mean, var, total)
         return _SyncBatchNormFunction.apply(x, self.weight, self.bias, mean.to(x.dtype), var.to(x.dtype),
                                             self.eps, total, self.world_size)

@@ -1,6 +1,8 @@
 """Synchronized batch norm: N workers normalize exactly as one device does on
 the concatenated batch (real processes over gloo)."""
 
+import datetime
+
 import numpy as np
 import pytest
 import torch
@@ -284,6 +286,30 @@ def test_sync_batchnorm_without_batch_norm_layers_warns():
 
 
 # ------------------------------------------------------- a user's own batch norm
+
+def eval_without_running_stats_worker(env):
+    """Rank 0 evaluates a layer without running statistics while rank 1 only
+    waits, on a group that gives up after 10 s, for rank 0 to finish. Any
+    collective in that evaluation pairs with nothing on rank 1: rank 1's wait
+    times out and the test fails in seconds instead of hanging."""
+    patient_for_10s = dist.new_group([0, 1], timeout=datetime.timedelta(seconds=10))
+    model = nn.Sequential(nn.BatchNorm2d(CHANNELS, track_running_stats=False))
+    plain = nn.BatchNorm2d(CHANNELS, track_running_stats=False).eval()
+    model = convert_sync_batchnorm(model, env)
+    model(torch.randn(4, CHANNELS, 3, 3) + env.rank)  # training: both ranks synchronize
+    model.eval()
+    max_diff = 0.0
+    if env.rank == 0:
+        for n in (5, 2, 7):
+            x = torch.randn(n, CHANNELS, 3, 3) * 3 + 1
+            max_diff = max(max_diff, float((model(x) - plain(x)).abs().max()))
+    dist.barrier(group=patient_for_10s)
+    return max_diff
+
+
+def test_eval_without_running_statistics_uses_this_ranks_batch_and_communicates_nothing():
+    assert run_workers(eval_without_running_stats_worker, 2, timeout_s=90) == [0.0, 0.0]
+
 
 OFFSETS = (1e5, 1e6)
 OFFSET_SIZES = (7, 9)
