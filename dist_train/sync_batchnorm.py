@@ -115,8 +115,11 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     load into plain batch norm) whose training statistics span all ranks."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, world_size: int = 1, device: Any = None, dtype: Any = None) -> None:
+                 track_running_stats: bool = True, world_size: int = 1, device: Any = None,
+                 dtype: Any = None, *, bias: bool = True) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        if affine and not bias:  # torch's own batch norm learnt bias= only lately; we support torch >= 2.2
+            self.register_parameter("bias", None)
         self.world_size = world_size
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -148,8 +151,11 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 def convert_sync_batchnorm(model: nn.Module, env: DistEnv) -> nn.Module:
     """Replace every batch-norm layer by its synchronized version, in place
-    (returns the converted root). One worker: nothing to synchronize, unchanged.
-    On CUDA, torch's own `nn.SyncBatchNorm` (NCCL kernels); elsewhere ours."""
+    (returns the converted root). The new layers hold the original parameter and
+    buffer objects, so dtype, device, requires_grad, state-dict keys and an
+    optimizer built beforehand all carry over. One worker: nothing to
+    synchronize, unchanged. On CUDA, torch's own `nn.SyncBatchNorm` (NCCL
+    kernels); elsewhere ours."""
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         warnings.warn("model.sync_batchnorm is true but the model has no batch-norm layer, so it does nothing "
                       "(the mlp needs model.batch_norm=true)", stacklevel=2)
@@ -161,20 +167,28 @@ def convert_sync_batchnorm(model: nn.Module, env: DistEnv) -> nn.Module:
 
 
 def _convert(module: nn.Module, world_size: int) -> nn.Module:
+    converted = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
-        sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                             module.track_running_stats, world_size=world_size)
-        with torch.no_grad():
-            if module.affine:
-                sync.weight.copy_(module.weight)
-                sync.bias.copy_(module.bias)
-            if module.track_running_stats:
-                sync.running_mean.copy_(module.running_mean)
-                sync.running_var.copy_(module.running_var)
-                sync.num_batches_tracked.copy_(module.num_batches_tracked)
-        sync.to(device=next(module.buffers(), torch.empty(0)).device)
-        sync.train(module.training)
-        return sync
+        converted = _synchronized(module, world_size)
     for name, child in module.named_children():
-        module.add_module(name, _convert(child, world_size))
-    return module
+        converted.add_module(name, _convert(child, world_size))
+    return converted
+
+
+def _synchronized(bn: nn.modules.batchnorm._BatchNorm, world_size: int) -> SyncBatchNorm:
+    # built on "meta": every tensor it would allocate is replaced by the layer's own
+    sync = SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                         world_size=world_size, device="meta")
+    # the same objects, as torch's converter does: an optimizer built on the plain
+    # layer trains the synchronized one; None stays None (bias=False, affine=False,
+    # track_running_stats=False)
+    for name, param in bn._parameters.items():
+        sync.register_parameter(name, param)
+    for name, buf in bn._buffers.items():
+        sync.register_buffer(name, buf, persistent=name not in bn._non_persistent_buffers_set)
+    sync.training = bn.training
+    # hooks registered on the layer keep firing (the same dicts, so their handles
+    # still remove them), and attributes set on it (qconfig, a user's flag) remain
+    sync.__dict__.update({name: value for name, value in vars(bn).items()
+                          if "hook" in name or name not in vars(sync)})
+    return sync

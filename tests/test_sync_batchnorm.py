@@ -60,8 +60,11 @@ def sync_worker(env, cases):
     return results
 
 
+PLAIN = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}  # by spatial dims
+
+
 def reference(shape_tail, sizes, dtype):
-    bn = (nn.BatchNorm1d if len(shape_tail) < 2 else nn.BatchNorm2d)(CHANNELS).to(dtype)
+    bn = PLAIN[len(shape_tail)](CHANNELS).to(dtype)
     affine_init(bn)
     return to_numpy(run_case(bn, shape_tail, sizes, dtype, 0, sum(sizes)))
 
@@ -75,6 +78,7 @@ CASES = [
     ((4, 4), (1, 4, 2)),     # BatchNorm2d, unequal, 3 workers
     ((4, 4), (4, 0, 3)),     # a worker with no samples at all
     ((), (6, 0)),
+    ((2, 3, 3), (2, 3)),     # BatchNorm3d
 ]
 DTYPES = {"float64": 1e-6, "float32": 1e-5}
 
@@ -286,6 +290,132 @@ def test_sync_batchnorm_without_batch_norm_layers_warns():
 
 
 # ------------------------------------------------------- a user's own batch norm
+
+def _frozen_bn():
+    bn = nn.BatchNorm2d(CHANNELS)
+    bn.requires_grad_(False)
+    return bn
+
+
+# The batch-norm layers users write, as plain layers: converted on N workers they
+# must train exactly as the plain layer does on the concatenated batch.
+VARIANTS = {  # name: (plain layer, input shape after channels, dtype)
+    "bias=False": (lambda: nn.BatchNorm2d(CHANNELS, bias=False), (4, 4), "float32"),
+    "affine=False": (lambda: nn.BatchNorm2d(CHANNELS, affine=False), (4, 4), "float32"),
+    "track_running_stats=False": (lambda: nn.BatchNorm1d(CHANNELS, track_running_stats=False), (5,), "float32"),
+    "float64": (lambda: nn.BatchNorm2d(CHANNELS).double(), (4, 4), "float64"),
+    "frozen": (_frozen_bn, (4, 4), "float32"),
+    "BatchNorm3d": (lambda: nn.BatchNorm3d(CHANNELS), (2, 3, 3), "float32"),
+}
+VARIANT_SIZES = {2: (5, 3), 3: (3, 0, 4)}
+
+
+def plain_model(variant):
+    """The variant's layer with the same initial values on every rank and in the reference."""
+    make, _, _ = VARIANTS[variant]
+    model = nn.Sequential(make())
+    bn = model[0]
+    with torch.no_grad():
+        if bn.weight is not None:
+            bn.weight.copy_(torch.linspace(0.5, 1.5, CHANNELS))
+        if bn.bias is not None:
+            bn.bias.copy_(torch.linspace(-0.2, 0.2, CHANNELS))
+    return model
+
+
+def train_steps(model, optimizer, variant, sizes, lo, hi, reduce_grads=False):
+    """STEPS steps of forward, backward and SGD on rows lo:hi of each step's global batch."""
+    _, shape_tail, dtype_name = VARIANTS[variant]
+    steps = []
+    for step in range(STEPS):
+        x, g = case_data(shape_tail, sizes, getattr(torch, dtype_name), step)
+        x = x[lo:hi].clone().requires_grad_(True)
+        model.zero_grad()
+        y = model(x)
+        (y * g[lo:hi]).sum().backward()
+        if reduce_grads:  # what DDP does: each rank holds its samples' part of the parameter gradients
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+        if optimizer is not None:
+            optimizer.step()
+        steps.append({"y": y.detach(), "gx": x.grad})
+    return {"steps": steps, "state": {k: v.clone() for k, v in model.state_dict().items()},
+            "dtypes": {k: str(v.dtype) for k, v in model.state_dict().items()},
+            "requires_grad": [p.requires_grad for p in model.parameters()]}
+
+
+def _sgd(model):
+    params = list(model.parameters())
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9) if params else None
+
+
+def converted_worker(env, variants):
+    sizes = VARIANT_SIZES[env.world_size]
+    lo = sum(sizes[:env.rank])
+    results = {}
+    for variant in variants:
+        model = plain_model(variant)
+        before = list(model.parameters()) + list(model.buffers())
+        optimizer = _sgd(model)  # built before conversion, as a user's training script may
+        model = convert_sync_batchnorm(model, env)
+        assert isinstance(model[0], SyncBatchNorm), type(model[0])
+        after = list(model.parameters()) + list(model.buffers())
+        out = train_steps(model, optimizer, variant, sizes, lo, lo + sizes[env.rank], reduce_grads=True)
+        out["same_objects"] = len(before) == len(after) and all(a is b for a, b in zip(before, after))
+        results[variant] = out
+    return results
+
+
+@pytest.fixture(scope="module")
+def converted_results():
+    """Every variant, converted and trained on 2 and on 3 workers (one spawn each)."""
+    return {world: run_workers(converted_worker, world, list(VARIANTS), timeout_s=180) for world in (2, 3)}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_converted_user_batch_norm_trains_as_plain_batch_norm_on_the_whole_batch(converted_results, variant, world):
+    sizes = VARIANT_SIZES[world]
+    plain = plain_model(variant)
+    ref = to_numpy(train_steps(plain, _sgd(plain), variant, sizes, 0, sum(sizes)))
+    tol = DTYPES[VARIANTS[variant][2]]
+    for rank, got in enumerate(r[variant] for r in converted_results[world]):
+        # the very Parameter and buffer objects: the optimizer built before conversion trained them
+        assert got["same_objects"], f"rank {rank}"
+        assert got["dtypes"] == ref["dtypes"], f"rank {rank}: dtype or state-dict keys changed"
+        assert got["requires_grad"] == ref["requires_grad"], f"rank {rank}: frozen parameters trained"
+        for key, want in ref["state"].items():  # parameters after SGD, running statistics
+            np.testing.assert_allclose(got["state"][key], want, rtol=tol, atol=tol, err_msg=f"rank {rank}, {key}")
+    for step in range(STEPS):
+        got = [r[variant]["steps"][step] for r in converted_results[world]]
+        for name in ("y", "gx"):
+            np.testing.assert_allclose(np.concatenate([g[name] for g in got]), ref["steps"][step][name],
+                                       rtol=tol, atol=tol, err_msg=f"step {step}, {name}")
+
+
+def test_conversion_keeps_the_layer_objects_training_mode_hooks_and_attributes():
+    frozen = nn.BatchNorm2d(2, bias=False).double().eval()
+    frozen.weight.requires_grad_(False)
+    frozen.qconfig = "a user's attribute"
+    seen = []
+    handle = frozen.register_forward_hook(lambda module, args, out: seen.append(type(module)))
+    model = nn.Sequential(frozen, nn.BatchNorm1d(2, affine=False, track_running_stats=False))
+    tensors = {k: v for k, v in model.state_dict(keep_vars=True).items()}
+    converted = convert_sync_batchnorm(model, DistEnv(world_size=2, rank=0))
+    bn = converted[0]
+    assert isinstance(bn, SyncBatchNorm) and isinstance(converted[1], SyncBatchNorm)
+    after = converted.state_dict(keep_vars=True)
+    assert after.keys() == tensors.keys() and all(after[k] is v for k, v in tensors.items())
+    assert bn.bias is None and converted[1].weight is None and converted[1].running_mean is None
+    assert not bn.training and converted[1].training
+    assert bn.weight.dtype == torch.float64 and not bn.weight.requires_grad
+    assert bn.qconfig == "a user's attribute"
+    bn(torch.randn(3, 2, 2, 2, dtype=torch.float64))  # eval: local, nothing to communicate
+    handle.remove()
+    bn(torch.randn(3, 2, 2, 2, dtype=torch.float64))
+    assert seen == [SyncBatchNorm]
+
 
 def eval_without_running_stats_worker(env):
     """Rank 0 evaluates a layer without running statistics while rank 1 only
