@@ -474,6 +474,50 @@ def test_variance_of_a_mean_large_next_to_the_spread_keeps_its_digits():
         assert np.array_equal(ranks[0][offset]["var"], ranks[1][offset]["var"])
 
 
+SUBGROUP_SIZES = (3, 4, 5)  # ranks 0 and 1 synchronize together; rank 2 alone
+
+
+def subgroup_worker(env):
+    pair, alone = dist.new_group([0, 1]), dist.new_group([2])  # every rank creates every group
+    group = pair if env.rank < 2 else alone
+    model = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(CHANNELS)), env, process_group=group)
+    bn = model[0]
+    affine_init(bn)
+    lo = sum(SUBGROUP_SIZES[:env.rank])
+    out = run_case(bn, (4, 4), SUBGROUP_SIZES, torch.float32, lo, lo + SUBGROUP_SIZES[env.rank])
+    out["world_size"] = bn.world_size
+    errors = []
+    for kwargs in ({"process_group": pair}, {"process_group": group, "world_size": 3}):
+        try:  # rank 2 is outside `pair`; no group here has 3 ranks
+            SyncBatchNorm(CHANNELS, **kwargs)
+        except ValueError as exc:
+            errors.append(str(exc))
+    out["errors"] = errors
+    return out
+
+
+def test_process_group_synchronizes_its_ranks_only():
+    r0, r1, r2 = run_workers(subgroup_worker, 3, timeout_s=120)
+    assert [r0["world_size"], r1["world_size"], r2["world_size"]] == [2, 2, 1]
+    tol = DTYPES["float32"]
+    for ranks, (lo, hi) in (([r0, r1], (0, 7)), ([r2], (7, 12))):
+        bn = nn.BatchNorm2d(CHANNELS)
+        affine_init(bn)
+        ref = to_numpy(run_case(bn, (4, 4), SUBGROUP_SIZES, torch.float32, lo, hi))
+        for step in range(STEPS):
+            for name in ("y", "gx"):
+                np.testing.assert_allclose(np.concatenate([r["steps"][step][name] for r in ranks]),
+                                           ref["steps"][step][name], rtol=tol, atol=tol)
+            for name in ("gw", "gb"):
+                np.testing.assert_allclose(sum(r["steps"][step][name] for r in ranks),
+                                           ref["steps"][step][name], rtol=tol, atol=tol)
+        for r in ranks:
+            np.testing.assert_allclose(r["running_var"], ref["running_var"], rtol=tol, atol=tol)
+    assert "rank 2 is not a member" in r2["errors"][0]
+    assert all("world_size=3 disagrees" in e for e in r0["errors"] + r1["errors"] + r2["errors"][1:])
+    assert len(r0["errors"]) == 1 and len(r2["errors"]) == 2
+
+
 # ------------------------------------------------------------ the CUDA path
 
 def cuda_sync_worker(env, cases):
