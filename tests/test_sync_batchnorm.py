@@ -1,6 +1,8 @@
 """Synchronized batch norm: N workers normalize exactly as one device does on
 the concatenated batch (real processes over gloo)."""
 
+import datetime
+
 import numpy as np
 import pytest
 import torch
@@ -58,8 +60,11 @@ def sync_worker(env, cases):
     return results
 
 
+PLAIN = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}  # by spatial dims
+
+
 def reference(shape_tail, sizes, dtype):
-    bn = (nn.BatchNorm1d if len(shape_tail) < 2 else nn.BatchNorm2d)(CHANNELS).to(dtype)
+    bn = PLAIN[len(shape_tail)](CHANNELS).to(dtype)
     affine_init(bn)
     return to_numpy(run_case(bn, shape_tail, sizes, dtype, 0, sum(sizes)))
 
@@ -73,6 +78,7 @@ CASES = [
     ((4, 4), (1, 4, 2)),     # BatchNorm2d, unequal, 3 workers
     ((4, 4), (4, 0, 3)),     # a worker with no samples at all
     ((), (6, 0)),
+    ((2, 3, 3), (2, 3)),     # BatchNorm3d
 ]
 DTYPES = {"float64": 1e-6, "float32": 1e-5}
 
@@ -126,18 +132,21 @@ def eval_worker(env):
     """Rank 0 evaluates three batches while rank 1 evaluates none: with any
     collective in eval mode this would hang (and time out)."""
     calls = []
-    real_all_reduce = dist.all_reduce
+    real = {name: getattr(dist, name) for name in ("all_reduce", "all_gather")}  # the layer's collectives
 
-    def counting_all_reduce(*args, **kwargs):
-        calls.append(1)
-        return real_all_reduce(*args, **kwargs)
+    def counting(name):
+        def collective(*args, **kwargs):
+            calls.append(name)
+            return real[name](*args, **kwargs)
+        return collective
 
     bn = SyncBatchNorm(CHANNELS, world_size=env.world_size)
     bn.train()
     bn(torch.randn(8, CHANNELS) + env.rank)  # one training step to move the running stats
     bn.eval()
     outputs = []
-    dist.all_reduce = counting_all_reduce  # a spy on the module-level function the layer calls
+    for name in real:  # spies on the module-level functions the layer calls
+        setattr(dist, name, counting(name))
     try:
         if env.rank == 0:
             for _ in range(3):
@@ -145,7 +154,8 @@ def eval_worker(env):
                 outputs.append((bn(x), torch.nn.functional.batch_norm(
                     x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)))
     finally:
-        dist.all_reduce = real_all_reduce
+        for name, function in real.items():
+            setattr(dist, name, function)
     dist.barrier()
     return {"calls": len(calls), "max_diff": max((float((a - b).abs().max()) for a, b in outputs), default=0.0)}
 
@@ -277,6 +287,235 @@ def test_conversion_keeps_parameters_and_state_dict_keys():
 def test_sync_batchnorm_without_batch_norm_layers_warns():
     with pytest.warns(UserWarning, match="has no batch-norm layer"):
         convert_sync_batchnorm(nn.Sequential(nn.Linear(2, 2)), DistEnv())
+
+
+# ------------------------------------------------------- a user's own batch norm
+
+def _frozen_bn():
+    bn = nn.BatchNorm2d(CHANNELS)
+    bn.requires_grad_(False)
+    return bn
+
+
+# The batch-norm layers users write, as plain layers: converted on N workers they
+# must train exactly as the plain layer does on the concatenated batch.
+VARIANTS = {  # name: (plain layer, input shape after channels, dtype)
+    "bias=False": (lambda: nn.BatchNorm2d(CHANNELS, bias=False), (4, 4), "float32"),
+    "affine=False": (lambda: nn.BatchNorm2d(CHANNELS, affine=False), (4, 4), "float32"),
+    "track_running_stats=False": (lambda: nn.BatchNorm1d(CHANNELS, track_running_stats=False), (5,), "float32"),
+    "float64": (lambda: nn.BatchNorm2d(CHANNELS).double(), (4, 4), "float64"),
+    "frozen": (_frozen_bn, (4, 4), "float32"),
+    "BatchNorm3d": (lambda: nn.BatchNorm3d(CHANNELS), (2, 3, 3), "float32"),
+}
+VARIANT_SIZES = {2: (5, 3), 3: (3, 0, 4)}
+
+
+def plain_model(variant):
+    """The variant's layer with the same initial values on every rank and in the reference."""
+    make, _, _ = VARIANTS[variant]
+    model = nn.Sequential(make())
+    bn = model[0]
+    with torch.no_grad():
+        if bn.weight is not None:
+            bn.weight.copy_(torch.linspace(0.5, 1.5, CHANNELS))
+        if bn.bias is not None:
+            bn.bias.copy_(torch.linspace(-0.2, 0.2, CHANNELS))
+    return model
+
+
+def train_steps(model, optimizer, variant, sizes, lo, hi, reduce_grads=False):
+    """STEPS steps of forward, backward and SGD on rows lo:hi of each step's global batch."""
+    _, shape_tail, dtype_name = VARIANTS[variant]
+    steps = []
+    for step in range(STEPS):
+        x, g = case_data(shape_tail, sizes, getattr(torch, dtype_name), step)
+        x = x[lo:hi].clone().requires_grad_(True)
+        model.zero_grad()
+        y = model(x)
+        (y * g[lo:hi]).sum().backward()
+        if reduce_grads:  # what DDP does: each rank holds its samples' part of the parameter gradients
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+        if optimizer is not None:
+            optimizer.step()
+        steps.append({"y": y.detach(), "gx": x.grad})
+    return {"steps": steps, "state": {k: v.clone() for k, v in model.state_dict().items()},
+            "dtypes": {k: str(v.dtype) for k, v in model.state_dict().items()},
+            "requires_grad": [p.requires_grad for p in model.parameters()]}
+
+
+def _sgd(model):
+    params = list(model.parameters())
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9) if params else None
+
+
+def converted_worker(env, variants):
+    sizes = VARIANT_SIZES[env.world_size]
+    lo = sum(sizes[:env.rank])
+    results = {}
+    for variant in variants:
+        model = plain_model(variant)
+        before = list(model.parameters()) + list(model.buffers())
+        optimizer = _sgd(model)  # built before conversion, as a user's training script may
+        model = convert_sync_batchnorm(model, env)
+        assert isinstance(model[0], SyncBatchNorm), type(model[0])
+        after = list(model.parameters()) + list(model.buffers())
+        out = train_steps(model, optimizer, variant, sizes, lo, lo + sizes[env.rank], reduce_grads=True)
+        out["same_objects"] = len(before) == len(after) and all(a is b for a, b in zip(before, after))
+        results[variant] = out
+    return results
+
+
+@pytest.fixture(scope="module")
+def converted_results():
+    """Every variant, converted and trained on 2 and on 3 workers (one spawn each)."""
+    return {world: run_workers(converted_worker, world, list(VARIANTS), timeout_s=180) for world in (2, 3)}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_converted_user_batch_norm_trains_as_plain_batch_norm_on_the_whole_batch(converted_results, variant, world):
+    sizes = VARIANT_SIZES[world]
+    plain = plain_model(variant)
+    ref = to_numpy(train_steps(plain, _sgd(plain), variant, sizes, 0, sum(sizes)))
+    tol = DTYPES[VARIANTS[variant][2]]
+    for rank, got in enumerate(r[variant] for r in converted_results[world]):
+        # the very Parameter and buffer objects: the optimizer built before conversion trained them
+        assert got["same_objects"], f"rank {rank}"
+        assert got["dtypes"] == ref["dtypes"], f"rank {rank}: dtype or state-dict keys changed"
+        assert got["requires_grad"] == ref["requires_grad"], f"rank {rank}: frozen parameters trained"
+        for key, want in ref["state"].items():  # parameters after SGD, running statistics
+            np.testing.assert_allclose(got["state"][key], want, rtol=tol, atol=tol, err_msg=f"rank {rank}, {key}")
+    for step in range(STEPS):
+        got = [r[variant]["steps"][step] for r in converted_results[world]]
+        for name in ("y", "gx"):
+            np.testing.assert_allclose(np.concatenate([g[name] for g in got]), ref["steps"][step][name],
+                                       rtol=tol, atol=tol, err_msg=f"step {step}, {name}")
+
+
+def test_conversion_keeps_the_layer_objects_training_mode_hooks_and_attributes():
+    frozen = nn.BatchNorm2d(2, bias=False).double().eval()
+    frozen.weight.requires_grad_(False)
+    frozen.qconfig = "a user's attribute"
+    seen = []
+    handle = frozen.register_forward_hook(lambda module, args, out: seen.append(type(module)))
+    model = nn.Sequential(frozen, nn.BatchNorm1d(2, affine=False, track_running_stats=False))
+    tensors = {k: v for k, v in model.state_dict(keep_vars=True).items()}
+    converted = convert_sync_batchnorm(model, DistEnv(world_size=2, rank=0))
+    bn = converted[0]
+    assert isinstance(bn, SyncBatchNorm) and isinstance(converted[1], SyncBatchNorm)
+    after = converted.state_dict(keep_vars=True)
+    assert after.keys() == tensors.keys() and all(after[k] is v for k, v in tensors.items())
+    assert bn.bias is None and converted[1].weight is None and converted[1].running_mean is None
+    assert not bn.training and converted[1].training
+    assert bn.weight.dtype == torch.float64 and not bn.weight.requires_grad
+    assert bn.qconfig == "a user's attribute"
+    bn(torch.randn(3, 2, 2, 2, dtype=torch.float64))  # eval: local, nothing to communicate
+    handle.remove()
+    bn(torch.randn(3, 2, 2, 2, dtype=torch.float64))
+    assert seen == [SyncBatchNorm]
+
+
+def eval_without_running_stats_worker(env):
+    """Rank 0 evaluates a layer without running statistics while rank 1 only
+    waits, on a group that gives up after 10 s, for rank 0 to finish. Any
+    collective in that evaluation pairs with nothing on rank 1: rank 1's wait
+    times out and the test fails in seconds instead of hanging."""
+    patient_for_10s = dist.new_group([0, 1], timeout=datetime.timedelta(seconds=10))
+    model = nn.Sequential(nn.BatchNorm2d(CHANNELS, track_running_stats=False))
+    plain = nn.BatchNorm2d(CHANNELS, track_running_stats=False).eval()
+    model = convert_sync_batchnorm(model, env)
+    model(torch.randn(4, CHANNELS, 3, 3) + env.rank)  # training: both ranks synchronize
+    model.eval()
+    max_diff = 0.0
+    if env.rank == 0:
+        for n in (5, 2, 7):
+            x = torch.randn(n, CHANNELS, 3, 3) * 3 + 1
+            max_diff = max(max_diff, float((model(x) - plain(x)).abs().max()))
+    dist.barrier(group=patient_for_10s)
+    return max_diff
+
+
+def test_eval_without_running_statistics_uses_this_ranks_batch_and_communicates_nothing():
+    assert run_workers(eval_without_running_stats_worker, 2, timeout_s=90) == [0.0, 0.0]
+
+
+OFFSETS = (1e5, 1e6)
+OFFSET_SIZES = (7, 9)
+
+
+def offset_batch(offset):
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(sum(OFFSET_SIZES), CHANNELS, 4, 4, generator=gen, dtype=torch.float64) + offset
+
+
+def offset_worker(env):
+    lo = sum(OFFSET_SIZES[:env.rank])
+    out = {}
+    for offset in OFFSETS:
+        bn = SyncBatchNorm(CHANNELS, momentum=1.0, world_size=env.world_size).double()  # running = this batch's
+        bn(offset_batch(offset)[lo:lo + OFFSET_SIZES[env.rank]])
+        out[offset] = {"mean": bn.running_mean, "var": bn.running_var}
+    return out
+
+
+def test_variance_of_a_mean_large_next_to_the_spread_keeps_its_digits():
+    # E[x^2] - E[x]^2 lost 8.6e-7 (offset 1e5) and 2.0e-4 (1e6) of this variance; the parallel
+    # combination keeps it to 5e-12 and 5e-11, as good as torch.var on the whole batch
+    ranks = run_workers(offset_worker, 2, timeout_s=90)
+    for offset in OFFSETS:
+        x = offset_batch(offset)
+        want_var = x.var(dim=(0, 2, 3), unbiased=True).numpy()
+        want_mean = x.mean(dim=(0, 2, 3)).numpy()
+        for got in ranks:
+            assert np.max(np.abs(got[offset]["var"] - want_var) / want_var) < 1e-9, offset
+            assert np.max(np.abs(got[offset]["mean"] - want_mean) / want_mean) < 1e-13, offset
+        assert np.array_equal(ranks[0][offset]["var"], ranks[1][offset]["var"])
+
+
+SUBGROUP_SIZES = (3, 4, 5)  # ranks 0 and 1 synchronize together; rank 2 alone
+
+
+def subgroup_worker(env):
+    pair, alone = dist.new_group([0, 1]), dist.new_group([2])  # every rank creates every group
+    group = pair if env.rank < 2 else alone
+    model = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(CHANNELS)), env, process_group=group)
+    bn = model[0]
+    affine_init(bn)
+    lo = sum(SUBGROUP_SIZES[:env.rank])
+    out = run_case(bn, (4, 4), SUBGROUP_SIZES, torch.float32, lo, lo + SUBGROUP_SIZES[env.rank])
+    out["world_size"] = bn.world_size
+    errors = []
+    for kwargs in ({"process_group": pair}, {"process_group": group, "world_size": 3}):
+        try:  # rank 2 is outside `pair`; no group here has 3 ranks
+            SyncBatchNorm(CHANNELS, **kwargs)
+        except ValueError as exc:
+            errors.append(str(exc))
+    out["errors"] = errors
+    return out
+
+
+def test_process_group_synchronizes_its_ranks_only():
+    r0, r1, r2 = run_workers(subgroup_worker, 3, timeout_s=120)
+    assert [r0["world_size"], r1["world_size"], r2["world_size"]] == [2, 2, 1]
+    tol = DTYPES["float32"]
+    for ranks, (lo, hi) in (([r0, r1], (0, 7)), ([r2], (7, 12))):
+        bn = nn.BatchNorm2d(CHANNELS)
+        affine_init(bn)
+        ref = to_numpy(run_case(bn, (4, 4), SUBGROUP_SIZES, torch.float32, lo, hi))
+        for step in range(STEPS):
+            for name in ("y", "gx"):
+                np.testing.assert_allclose(np.concatenate([r["steps"][step][name] for r in ranks]),
+                                           ref["steps"][step][name], rtol=tol, atol=tol)
+            for name in ("gw", "gb"):
+                np.testing.assert_allclose(sum(r["steps"][step][name] for r in ranks),
+                                           ref["steps"][step][name], rtol=tol, atol=tol)
+        for r in ranks:
+            np.testing.assert_allclose(r["running_var"], ref["running_var"], rtol=tol, atol=tol)
+    assert "rank 2 is not a member" in r2["errors"][0]
+    assert all("world_size=3 disagrees" in e for e in r0["errors"] + r1["errors"] + r2["errors"][1:])
+    assert len(r0["errors"]) == 1 and len(r2["errors"]) == 2
 
 
 # ------------------------------------------------------------ the CUDA path

@@ -8,10 +8,11 @@ steps alternate between the two layers (order flipped every round); each step
 is forward, a backward with a fixed upstream gradient, timed between barriers
 around the round. The figure is the median per-step time of each, and the
 overhead is their difference. Two more rows split the overhead: the same
-layer with nothing to communicate (its compute), and two bare all-reduces of
-the same small vector (the communication floor on this machine). The
-collectives each pass makes are counted
-(a spy on torch.distributed.all_reduce) to check one per layer per pass.
+layer with nothing to communicate (its compute), and the layer's two bare
+collectives on vectors of the same size, an all-gather (forward) and an
+all-reduce (backward): the communication floor on this machine. The
+collectives each pass makes are counted (spies on torch.distributed.all_gather
+and all_reduce) to check one per layer per pass.
 Results go to tests/benchmarks/results/sync_batchnorm.json.
 """
 
@@ -40,11 +41,11 @@ def driver(args: argparse.Namespace) -> int:
                    check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     res = json.loads(out.read_text())
     print(f"\n{'layer (forward+backward per step)':<42}{'plain':>10}{'synced':>10}{'overhead':>10}"
-          f"{'sync, no comm':>15}{'2 bare all-reduces':>20}{'all-reduces fwd/bwd':>21}")
+          f"{'sync, no comm':>15}{'bare collectives':>18}{'collectives fwd/bwd':>21}")
     for r in res["layers"]:
         print(f"{r['layer']:<42}{r['plain_ms']:>8.3f}ms{r['sync_ms']:>8.3f}ms{r['overhead_ms']:>8.3f}ms"
-              f"{r['sync_compute_only_ms']:>13.3f}ms{r['two_all_reduces_ms']:>18.3f}ms"
-              f"{r['all_reduce_forward']:>17}/{r['all_reduce_backward']}")
+              f"{r['sync_compute_only_ms']:>13.3f}ms{r['bare_collectives_ms']:>16.3f}ms"
+              f"{r['collectives_forward']:>17}/{r['collectives_backward']}")
     return 0
 
 
@@ -83,33 +84,39 @@ def worker(args: argparse.Namespace) -> None:
                 return (time.perf_counter() - start) / n * 1e3
 
             # count the collectives of one synchronized step, forward and backward apart
-            real, calls = dist.all_reduce, {"n": 0}
+            real, calls = {op: getattr(dist, op) for op in ("all_gather", "all_reduce")}, {"n": 0}
 
-            def spy(*a, **k):
-                calls["n"] += 1
-                return real(*a, **k)
+            def spy(op):
+                def collective(*a, **k):
+                    calls["n"] += 1
+                    return real[op](*a, **k)
+                return collective
 
-            dist.all_reduce = spy
+            for op in real:
+                setattr(dist, op, spy(op))
             y = synced(x)
             forward_calls = calls["n"]
             y.backward(g)
             backward_calls = calls["n"] - forward_calls
-            dist.all_reduce = real
+            for op, function in real.items():
+                setattr(dist, op, function)
             x.grad = None
 
-            # the communication floor: a bare all-reduce of the forward's vector, twice
+            # the communication floor: the forward's all-gather and the backward's all-reduce, bare
             stats = torch.zeros(2 * channels + 1, dtype=torch.float64)
+            gathered = [torch.empty_like(stats) for _ in range(env.world_size)]
+            sums = torch.zeros(2 * channels, dtype=torch.float64)
 
-            class TwoAllReduces:
+            class BareCollectives:
                 @staticmethod
                 def __call__(_):
-                    dist.all_reduce(stats)
-                    dist.all_reduce(stats)
+                    dist.all_gather(gathered, stats)
+                    dist.all_reduce(sums)
 
             # the compute alone: the same layer with nothing to communicate
             local = SyncBatchNorm(channels, world_size=1)
             runs = {"plain": (plain, []), "sync": (synced, []), "sync_compute_only": (local, []),
-                    "two_all_reduces": (TwoAllReduces(), [])}
+                    "bare_collectives": (BareCollectives(), [])}
             for layer, _ in runs.values():
                 timed_round(layer)  # warm-up
             order = list(runs)
@@ -121,9 +128,9 @@ def worker(args: argparse.Namespace) -> None:
             p, s = med["plain"], med["sync"]
             layers.append({"layer": name, "plain_ms": p, "sync_ms": s, "overhead_ms": s - p,
                            "overhead_pct": 100 * (s - p) / p, "sync_compute_only_ms": med["sync_compute_only"],
-                           "two_all_reduces_ms": med["two_all_reduces"], "all_reduce_forward": forward_calls,
-                           "all_reduce_backward": backward_calls,
-                           "all_reduce_bytes_forward": 8 * (2 * channels + 1),
+                           "bare_collectives_ms": med["bare_collectives"], "collectives_forward": forward_calls,
+                           "collectives_backward": backward_calls,
+                           "all_gather_bytes_forward": 8 * (2 * channels + 1),
                            "all_reduce_bytes_backward": 8 * 2 * channels})
     if env.is_rank0:
         Path(args.out).write_text(json.dumps({"world_size": env.world_size, "rounds": args.rounds,
