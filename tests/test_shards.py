@@ -239,7 +239,7 @@ def test_reading_a_corrupt_shard_without_verification_names_the_file(tmp_path):
 
 
 def test_missing_directory_and_manifest(tmp_path):
-    with pytest.raises(DistTrainError, match="is not a directory; prepare one with"):
+    with pytest.raises(DistTrainError, match="is not a directory; prepare a data set there with"):
         load_manifest(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DistTrainError, match="has no manifest.json"):
