@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from dist_train.config import DataConfig, load_config
+from dist_train.data.normalization import Normalizer
 from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.data.shards import iter_blocks, load_manifest, write_dataset
-from dist_train.data.stream import Normalizer, ShardData, ShardTrainLoader, open_manifest
+from dist_train.data.stream import ShardData, ShardTrainLoader, open_manifest
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
 from dist_train.resolve import resolve
@@ -163,15 +164,16 @@ def test_stream_is_reproducible_and_resumes_mid_epoch(tmp_path):
 def test_shards_that_do_not_divide_among_readers_are_refused(tmp_path):
     manifest = indexed_dataset(tmp_path / "ds", shards=6)
     cfg = data_cfg(tmp_path / "ds", loader_workers=2)
+    unnormalized = Normalizer(manifest.normalization, manifest.input_shape, "none", "cpu")
     with pytest.raises(DistTrainError, match="6 shards, which does not divide among 2 rank.* x 2 loader worker"):
-        ShardTrainLoader(manifest, cfg, DistEnv(rank=0, world_size=2), 16, 1, 0, Normalizer(manifest, "none", "cpu"))
+        ShardTrainLoader(manifest, cfg, DistEnv(rank=0, world_size=2), 16, 1, 0, unnormalized)
     ShardTrainLoader(manifest, data_cfg(tmp_path / "ds", loader_workers=3), DistEnv(rank=0, world_size=2), 16, 1, 0,
-                     Normalizer(manifest, "none", "cpu"))  # 6 = 2 x 3 is fine
+                     unnormalized)  # 6 = 2 x 3 is fine
 
 
 def test_normalization_uses_the_training_split_statistics(tmp_path):
     manifest = prepare("digits", PrepareOptions(out=tmp_path / "d"))
-    norm = Normalizer(manifest, "per_channel", "cpu")
+    norm = Normalizer(manifest.normalization, manifest.input_shape, "per_channel", "cpu")
     train = torch.cat([torch.from_numpy(x) for info in manifest.splits["train"] for x, _ in iter_blocks(manifest.root / info.file)])
     z = norm(train)
     assert abs(z.mean().item()) < 1e-5 and z.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
