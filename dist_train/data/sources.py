@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from dist_train.config import DataConfig
+from dist_train.data.builtin import digits, synthetic
 from dist_train.data.normalization import Normalizer, normalization_stats
 
 
@@ -36,12 +37,12 @@ class Splits:
 
 def build_splits(cfg: DataConfig) -> Splits:
     if cfg.source == "digits":
-        inputs, targets, shape, classes = _digits()
+        raw = digits()
     elif cfg.source == "synthetic":
-        inputs, targets, shape, classes = _synthetic(cfg)
+        raw = synthetic(cfg.num_samples, (cfg.num_features,), cfg.num_classes, cfg.split_seed)
     else:  # shards are streamed (dist_train.data.stream), never built here
         raise AssertionError(cfg.source)
-    return split_and_normalize(inputs, targets, shape, classes, cfg)
+    return split_and_normalize(raw.inputs, raw.targets, raw.input_shape, raw.num_classes, cfg)
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -68,20 +69,3 @@ def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tu
         return Split(x[index].contiguous(), y[index].contiguous())
 
     return Splits(take(train_idx), take(val_idx), take(test_idx), input_shape, num_classes)
-
-
-def _digits() -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
-    """scikit-learn's 1,797 real 8x8 handwritten digits, shipped with the package."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return bunch.images.astype(np.float32), bunch.target, (1, 8, 8), 10
-
-
-def _synthetic(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
-    """Gaussian blobs, one per class, for fast tests and benchmarks."""
-    rng = np.random.default_rng(1234 + cfg.split_seed)
-    centers = rng.normal(0.0, 1.0, size=(cfg.num_classes, cfg.num_features))
-    targets = rng.integers(0, cfg.num_classes, size=cfg.num_samples)
-    inputs = centers[targets] + rng.normal(0.0, 1.0, size=(cfg.num_samples, cfg.num_features))
-    return inputs.astype(np.float32), targets, (cfg.num_features,), cfg.num_classes
