@@ -85,10 +85,8 @@ def prepare(name: str, opts: PrepareOptions) -> Manifest:
             raise DistTrainError(f"source directory {directory} does not exist{hint}")
         x_train, y_train = load_idx_split(Path(directory), "train")
         x_test, y_test = load_idx_split(Path(directory), "t10k")
-        order = np.random.default_rng(opts.split_seed).permutation(len(y_train))
-        n_val = int(round(len(order) * opts.val_fraction))
-        val, train = order[:n_val], order[n_val:]
-        splits = {"train": (x_train[train][:, None], y_train[train]), "val": (x_train[val][:, None], y_train[val]),
+        # validation is cut from the training file by the seeded split; the test file stays the test split
+        splits = {**_seeded_split(x_train[:, None], y_train, opts.val_fraction, 0.0, opts.split_seed),
                   "test": (x_test[:, None], y_test)}
         classes = int(max(y_train.max(), y_test.max())) + 1
         source = {"source": "idx", "directory": str(directory)}
@@ -112,10 +110,18 @@ def _prepare_builtin(name: str, opts: PrepareOptions) -> tuple[int, dict[str, tu
         inputs, source = raw.inputs, {"source": "synthetic", "seed": opts.split_seed}
         if len(opts.input_shape) >= 2:  # stored as class-dependent uint8 images, as image data sets are
             inputs = np.clip(inputs * 40 + 128, 0, 255).astype(np.uint8)
-    train, val, test = split_indices(len(inputs), opts.val_fraction, opts.test_fraction, opts.split_seed)
-    y = raw.targets
-    splits = {"train": (inputs[train], y[train]), "val": (inputs[val], y[val]), "test": (inputs[test], y[test])}
-    return raw.num_classes, splits, source
+    return raw.num_classes, _seeded_split(inputs, raw.targets, opts.val_fraction, opts.test_fraction,
+                                          opts.split_seed), source
+
+
+def _seeded_split(inputs: np.ndarray, targets: np.ndarray, val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The one seeded split of every source (IDX: of its training file), the
+    in-memory sources' `split_indices`, so shards and memory of a built-in set
+    hold the same samples in the same order."""
+    train, val, test = split_indices(len(targets), val_fraction, test_fraction, seed)
+    return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val]),
+            "test": (inputs[test], targets[test])}
 
 
 def _prepare_files(name: str, opts: PrepareOptions) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]], str,
@@ -153,7 +159,5 @@ def _prepare_files(name: str, opts: PrepareOptions) -> tuple[int, dict[str, tupl
         folder = load_image_folder(opts.source_dir, opts.image_size, opts.color or "rgb")
         inputs, source = folder.inputs, folder.source
         targets = Targets(folder.targets, "classification", len(folder.class_names), folder.class_names)
-    train, val, test = split_indices(len(inputs), opts.val_fraction, opts.test_fraction, opts.split_seed)
-    y = targets.values
-    splits = {"train": (inputs[train], y[train]), "val": (inputs[val], y[val]), "test": (inputs[test], y[test])}
+    splits = _seeded_split(inputs, targets.values, opts.val_fraction, opts.test_fraction, opts.split_seed)
     return targets.num_classes, splits, targets.task, targets.class_names, source
