@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dist_train.data.normalization import normalization_stats
 from dist_train.data.prepare import PrepareOptions, prepare
-from dist_train.data.shards import iter_blocks, load_manifest, normalization_stats, verify_shard
+from dist_train.data.shards import iter_blocks, load_manifest, verify_shard
 from dist_train.data.sources import split_indices
 from dist_train.errors import DistTrainError
 from tests.conftest import REPO

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from dist_train.config import DataConfig, load_config
+from dist_train.data.normalization import Normalizer
 from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.data.shards import iter_blocks, load_manifest, write_dataset
-from dist_train.data.stream import Normalizer, ShardData, ShardTrainLoader, open_manifest
+from dist_train.data.sources import build_splits
+from dist_train.data.stream import ShardData, ShardTrainLoader, open_manifest
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
 from dist_train.resolve import resolve
@@ -107,6 +109,53 @@ def test_prepare_reads_mnist_format_idx_files(tmp_path, compress):
         prepare("idx", PrepareOptions(out=tmp_path / "out2", source_dir=src, train_shards=2))
 
 
+# The README's promise for the built-in sets: shards and memory train on the same
+# samples. digits stores its uint8 pixels and synthetic (1-d shape) its float32
+# features exactly as the in-memory source holds them, and both paths normalize
+# with one Normalizer from the same statistics, so the numbers are equal, not
+# merely close.
+BUILT_IN = {"digits": ({}, {}),
+            "synthetic": ({"num_samples": 300, "input_shape": (12,), "num_classes": 5},
+                          {"num_samples": 300, "num_features": 12, "num_classes": 5})}
+
+
+def stored_split(manifest, split):
+    blocks = [b for info in manifest.splits[split] for b in iter_blocks(manifest.root / info.file)]
+    return np.concatenate([x for x, _ in blocks]), np.concatenate([y for _, y in blocks])
+
+
+@pytest.mark.parametrize("source", list(BUILT_IN))
+def test_prepared_built_in_sets_hold_the_in_memory_samples_normalized_alike(tmp_path, source):
+    prepare_kw, memory_kw = BUILT_IN[source]
+    prepare(source, PrepareOptions(out=tmp_path / source, split_seed=3, train_shards=4, block_size=50, **prepare_kw))
+    for mode in ("per_channel", "per_feature", "none"):
+        memory = build_splits(DataConfig(source=source, split_seed=3, normalize=mode, **memory_kw))
+        shards = ShardData(DataConfig(source="shards", path=str(tmp_path / source), normalize=mode, loader_workers=0),
+                           DistEnv(), 16, 1, seed=0)
+        assert shards.input_shape == memory.input_shape and shards.num_classes == memory.num_classes
+        x, y = stored_split(shards.manifest, "train")  # in file order: the split's order
+        assert torch.equal(shards.normalize(torch.from_numpy(x)), memory.train.inputs), mode
+        assert torch.equal(torch.from_numpy(y), memory.train.targets)
+        for split in ("val", "test"):  # as evaluation reads them
+            batches = list(shards.eval_batches(split, 64))
+            assert torch.equal(torch.cat([b.inputs for b in batches]), getattr(memory, split).inputs), (split, mode)
+            assert torch.equal(torch.cat([b.targets for b in batches]), getattr(memory, split).targets)
+
+
+def test_prepared_synthetic_images_are_the_in_memory_samples_as_uint8(tmp_path):
+    """With an image shape, prepare stores clip(40 x + 128) of the very samples
+    the in-memory source draws for that many features."""
+    m = prepare("synthetic", PrepareOptions(out=tmp_path / "s", num_samples=200, input_shape=(1, 4, 4), num_classes=3,
+                                            train_shards=2))
+    memory = build_splits(DataConfig(source="synthetic", num_samples=200, num_features=16, num_classes=3,
+                                     normalize="none"))
+    x, y = stored_split(m, "train")
+    assert m.input_dtype == "uint8" and x.shape[1:] == (1, 4, 4)
+    expected = np.clip(memory.train.inputs.numpy() * 40 + 128, 0, 255).astype(np.uint8)
+    assert np.array_equal(x.reshape(len(x), -1), expected)
+    assert np.array_equal(y, memory.train.targets.numpy())
+
+
 def test_prepare_names_a_missing_source():
     with pytest.raises(DistTrainError, match="needs --source-dir"):
         prepare("idx", PrepareOptions(out="x"))
@@ -163,15 +212,16 @@ def test_stream_is_reproducible_and_resumes_mid_epoch(tmp_path):
 def test_shards_that_do_not_divide_among_readers_are_refused(tmp_path):
     manifest = indexed_dataset(tmp_path / "ds", shards=6)
     cfg = data_cfg(tmp_path / "ds", loader_workers=2)
+    unnormalized = Normalizer(manifest.normalization, manifest.input_shape, "none", "cpu")
     with pytest.raises(DistTrainError, match="6 shards, which does not divide among 2 rank.* x 2 loader worker"):
-        ShardTrainLoader(manifest, cfg, DistEnv(rank=0, world_size=2), 16, 1, 0, Normalizer(manifest, "none", "cpu"))
+        ShardTrainLoader(manifest, cfg, DistEnv(rank=0, world_size=2), 16, 1, 0, unnormalized)
     ShardTrainLoader(manifest, data_cfg(tmp_path / "ds", loader_workers=3), DistEnv(rank=0, world_size=2), 16, 1, 0,
-                     Normalizer(manifest, "none", "cpu"))  # 6 = 2 x 3 is fine
+                     unnormalized)  # 6 = 2 x 3 is fine
 
 
 def test_normalization_uses_the_training_split_statistics(tmp_path):
     manifest = prepare("digits", PrepareOptions(out=tmp_path / "d"))
-    norm = Normalizer(manifest, "per_channel", "cpu")
+    norm = Normalizer(manifest.normalization, manifest.input_shape, "per_channel", "cpu")
     train = torch.cat([torch.from_numpy(x) for info in manifest.splits["train"] for x, _ in iter_blocks(manifest.root / info.file)])
     z = norm(train)
     assert abs(z.mean().item()) < 1e-5 and z.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)

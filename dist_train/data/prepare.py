@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dist_train.data.builtin import digits, synthetic
 from dist_train.data.idx import load_idx_split
 from dist_train.data.shards import Manifest, write_dataset
 from dist_train.data.sources import split_indices
@@ -73,16 +74,9 @@ def prepare(name: str, opts: PrepareOptions) -> Manifest:
     task, class_names = "classification", None
     if name in ("arrays", "imagefolder", "csv"):
         classes, splits, task, class_names, source = _prepare_files(name, opts)
-    elif name == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        images = bunch.images.astype(np.uint8)[:, None]  # values 0..16: exact in uint8
-        train, val, test = split_indices(len(images), opts.val_fraction, opts.test_fraction, opts.split_seed)
-        splits = {"train": (images[train], bunch.target[train]), "val": (images[val], bunch.target[val]),
-                  "test": (images[test], bunch.target[test])}
-        classes, source = 10, {"source": "sklearn.datasets.load_digits"}
-    elif name in ("idx", "fashion-mnist"):
+    elif name in ("digits", "synthetic"):
+        classes, splits, source = _prepare_builtin(name, opts)
+    else:  # idx, fashion-mnist
         directory = opts.source_dir or (Path(FASHION_MNIST_DIR) if name == "fashion-mnist" else None)
         if directory is None:
             raise DistTrainError("`prepare idx` needs --source-dir DIR holding the MNIST-format files")
@@ -91,28 +85,11 @@ def prepare(name: str, opts: PrepareOptions) -> Manifest:
             raise DistTrainError(f"source directory {directory} does not exist{hint}")
         x_train, y_train = load_idx_split(Path(directory), "train")
         x_test, y_test = load_idx_split(Path(directory), "t10k")
-        order = np.random.default_rng(opts.split_seed).permutation(len(y_train))
-        n_val = int(round(len(order) * opts.val_fraction))
-        val, train = order[:n_val], order[n_val:]
-        splits = {"train": (x_train[train][:, None], y_train[train]), "val": (x_train[val][:, None], y_train[val]),
+        # validation is cut from the training file by the seeded split; the test file stays the test split
+        splits = {**_seeded_split(x_train[:, None], y_train, opts.val_fraction, 0.0, opts.split_seed),
                   "test": (x_test[:, None], y_test)}
         classes = int(max(y_train.max(), y_test.max())) + 1
         source = {"source": "idx", "directory": str(directory)}
-    else:  # synthetic: class-dependent uint8 images (or float features for a 1-d shape)
-        rng = np.random.default_rng(1234 + opts.split_seed)
-        targets = rng.integers(0, opts.num_classes, size=opts.num_samples)
-        features = int(np.prod(opts.input_shape))
-        centers = rng.normal(0.0, 1.0, size=(opts.num_classes, features))
-        inputs = centers[targets] + rng.normal(0.0, 1.0, size=(opts.num_samples, features))
-        if len(opts.input_shape) >= 2:
-            inputs = np.clip(inputs * 40 + 128, 0, 255).astype(np.uint8)
-        inputs = inputs.reshape(opts.num_samples, *opts.input_shape)
-        if inputs.dtype != np.uint8:
-            inputs = inputs.astype(np.float32)
-        train, val, test = split_indices(opts.num_samples, opts.val_fraction, opts.test_fraction, opts.split_seed)
-        splits = {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val]),
-                  "test": (inputs[test], targets[test])}
-        classes, source = opts.num_classes, {"source": "synthetic", "seed": opts.split_seed}
     shards = {"train": opts.train_shards, "val": opts.eval_shards, "test": opts.eval_shards}
     for split, (_, targets) in splits.items():
         if len(targets) < shards[split]:
@@ -120,6 +97,31 @@ def prepare(name: str, opts: PrepareOptions) -> Manifest:
                                  "ask for fewer shards")
     return write_dataset(opts.out, name, splits, classes, shards, opts.block_size,
                          {**source, "split_seed": opts.split_seed}, task=task, class_names=class_names)
+
+
+def _prepare_builtin(name: str, opts: PrepareOptions) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """digits and synthetic from the arrays the in-memory sources use, split
+    with their seeded split: (classes, splits, source)."""
+    if name == "digits":
+        raw = digits()  # uint8 pixels 0..16, stored as they are
+        inputs, source = raw.inputs, {"source": "sklearn.datasets.load_digits"}
+    else:
+        raw = synthetic(opts.num_samples, opts.input_shape, opts.num_classes, opts.split_seed)
+        inputs, source = raw.inputs, {"source": "synthetic", "seed": opts.split_seed}
+        if len(opts.input_shape) >= 2:  # stored as class-dependent uint8 images, as image data sets are
+            inputs = np.clip(inputs * 40 + 128, 0, 255).astype(np.uint8)
+    return raw.num_classes, _seeded_split(inputs, raw.targets, opts.val_fraction, opts.test_fraction,
+                                          opts.split_seed), source
+
+
+def _seeded_split(inputs: np.ndarray, targets: np.ndarray, val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The one seeded split of every source (IDX: of its training file), the
+    in-memory sources' `split_indices`, so shards and memory of a built-in set
+    hold the same samples in the same order."""
+    train, val, test = split_indices(len(targets), val_fraction, test_fraction, seed)
+    return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val]),
+            "test": (inputs[test], targets[test])}
 
 
 def _prepare_files(name: str, opts: PrepareOptions) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]], str,
@@ -157,7 +159,5 @@ def _prepare_files(name: str, opts: PrepareOptions) -> tuple[int, dict[str, tupl
         folder = load_image_folder(opts.source_dir, opts.image_size, opts.color or "rgb")
         inputs, source = folder.inputs, folder.source
         targets = Targets(folder.targets, "classification", len(folder.class_names), folder.class_names)
-    train, val, test = split_indices(len(inputs), opts.val_fraction, opts.test_fraction, opts.split_seed)
-    y = targets.values
-    splits = {"train": (inputs[train], y[train]), "val": (inputs[val], y[val]), "test": (inputs[test], y[test])}
+    splits = _seeded_split(inputs, targets.values, opts.val_fraction, opts.test_fraction, opts.split_seed)
     return targets.num_classes, splits, targets.task, targets.class_names, source

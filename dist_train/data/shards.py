@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from dist_train.data.normalization import normalization_stats
 from dist_train.data.sampler import even_slices
 from dist_train.errors import DistTrainError
 
@@ -84,18 +85,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
-
-
-def normalization_stats(train_inputs: np.ndarray) -> dict[str, dict[str, list[float]]]:
-    """Mean and std of the training split per channel (axis 1 pooled over the
-    rest; flat inputs count as one channel) and per feature."""
-    x = train_inputs.astype(np.float64)
-    axes = (0, *range(2, x.ndim)) if x.ndim >= 3 else None
-    per_channel = ({"mean": x.mean(axis=axes).ravel().tolist(), "std": x.std(axis=axes).ravel().tolist()}
-                   if axes else {"mean": [float(x.mean())], "std": [float(x.std())]})
-    flat = x.reshape(len(x), -1)
-    return {"per_channel": per_channel,
-            "per_feature": {"mean": flat.mean(axis=0).tolist(), "std": flat.std(axis=0).tolist()}}
 
 
 def write_dataset(out: Path, name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,

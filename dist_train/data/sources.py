@@ -1,8 +1,9 @@
 """In-memory data sources behind one small interface: `build_splits(cfg)` gives
 train/validation/test tensors, the input shape and the number of classes.
 
-Inputs are normalized with the training split's per-feature mean and standard
-deviation (never the validation or test split's)."""
+Inputs are normalized as `data.normalize` says with the training split's
+statistics (never the validation or test split's), by the same code that
+normalizes prepared shards when they are read (normalization.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from dist_train.config import DataConfig
+from dist_train.data.builtin import digits, synthetic
+from dist_train.data.normalization import Normalizer, normalization_stats
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,12 @@ class Splits:
 
 def build_splits(cfg: DataConfig) -> Splits:
     if cfg.source == "digits":
-        inputs, targets, shape, classes = _digits()
+        raw = digits()
     elif cfg.source == "synthetic":
-        inputs, targets, shape, classes = _synthetic(cfg)
+        raw = synthetic(cfg.num_samples, (cfg.num_features,), cfg.num_classes, cfg.split_seed)
     else:  # shards are streamed (dist_train.data.stream), never built here
         raise AssertionError(cfg.source)
-    return split_and_normalize(inputs, targets, shape, classes, cfg)
+    return split_and_normalize(raw.inputs, raw.targets, raw.input_shape, raw.num_classes, cfg)
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -53,11 +56,12 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tuple[int, ...],
                         num_classes: int, cfg: DataConfig) -> Splits:
     """Split with `cfg.split_seed` and normalize every split with the training
-    split's statistics."""
+    split's statistics, once, on the CPU (the loaders then move the samples)."""
     n = len(targets)
     train_idx, val_idx, test_idx = split_indices(n, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    x = normalize(inputs.reshape(n, *input_shape).astype(np.float64), train_idx, cfg.normalize)
-    x = torch.from_numpy(x.astype(np.float32))
+    inputs = inputs.reshape(n, *input_shape)
+    normalize = Normalizer(normalization_stats(inputs[train_idx]), input_shape, cfg.normalize, "cpu")
+    x = normalize(torch.from_numpy(inputs))
     y = torch.from_numpy(targets.astype(np.int64))
 
     def take(idx: np.ndarray) -> Split:
@@ -65,38 +69,3 @@ def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tu
         return Split(x[index].contiguous(), y[index].contiguous())
 
     return Splits(take(train_idx), take(val_idx), take(test_idx), input_shape, num_classes)
-
-
-def normalize(inputs: np.ndarray, train_idx: np.ndarray, mode: str) -> np.ndarray:
-    """Standardize with statistics of the training rows only. `per_channel`
-    pools axis 1's channels over all positions (flat inputs: one channel of all
-    features); `per_feature` keeps one mean and std per input value."""
-    if mode == "none":
-        return inputs
-    train = inputs[train_idx]
-    if mode == "per_feature":
-        mean, std = train.mean(axis=0), train.std(axis=0)
-    elif inputs.ndim >= 3:
-        axes = (0, *range(2, inputs.ndim))
-        mean, std = train.mean(axis=axes, keepdims=True)[0], train.std(axis=axes, keepdims=True)[0]
-    else:
-        mean, std = train.mean(), train.std()
-    std = np.where(std < 1e-8, 1.0, std)  # constant inputs stay centred instead of dividing by 0
-    return (inputs - mean) / std
-
-
-def _digits() -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
-    """scikit-learn's 1,797 real 8x8 handwritten digits, shipped with the package."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return bunch.images.astype(np.float32), bunch.target, (1, 8, 8), 10
-
-
-def _synthetic(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
-    """Gaussian blobs, one per class, for fast tests and benchmarks."""
-    rng = np.random.default_rng(1234 + cfg.split_seed)
-    centers = rng.normal(0.0, 1.0, size=(cfg.num_classes, cfg.num_features))
-    targets = rng.integers(0, cfg.num_classes, size=cfg.num_samples)
-    inputs = centers[targets] + rng.normal(0.0, 1.0, size=(cfg.num_samples, cfg.num_features))
-    return inputs.astype(np.float32), targets, (cfg.num_features,), cfg.num_classes

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dist_train.callbacks import ignore_stop_signals
 from dist_train.config import DataConfig
 from dist_train.data.loader import Batch, TrainStep
+from dist_train.data.normalization import Normalizer
 from dist_train.data.sampler import even_slices
 from dist_train.data.shards import SPLITS, Manifest, iter_blocks, load_manifest, verify_shard
 from dist_train.env import DistEnv
@@ -68,34 +69,6 @@ def open_manifest(path: str, env: DistEnv, verify: bool = True) -> Manifest:
     _agree_on_errors(problems, env)
     assert manifest is not None
     return manifest
-
-
-class Normalizer:
-    """uint8 (or float) inputs to float32, standardized with the manifest's
-    training-split statistics."""
-
-    def __init__(self, manifest: Manifest, mode: str, device: str) -> None:
-        shape = manifest.input_shape
-        self.device = device
-        if mode == "none":
-            self.mean = self.inv_std = None
-            return
-        stats = manifest.normalization[mode]
-        mean = torch.tensor(stats["mean"], dtype=torch.float32)
-        std = torch.tensor(stats["std"], dtype=torch.float32)
-        std = torch.where(std < 1e-8, torch.ones_like(std), std)  # constant inputs stay centred
-        if mode == "per_feature":
-            mean, std = mean.reshape(shape), std.reshape(shape)
-        elif len(shape) >= 2:
-            view = [shape[0]] + [1] * (len(shape) - 1)
-            mean, std = mean.reshape(view), std.reshape(view)
-        self.mean, self.inv_std = mean.to(device), (1.0 / std).to(device)
-
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        x = inputs.to(self.device, non_blocking=True).float()
-        if self.mean is None:
-            return x
-        return (x - self.mean) * self.inv_std
 
 
 class _WorkerStream(IterableDataset):
@@ -244,7 +217,8 @@ class ShardData:
                                  "written by `dist-train prepare`")
         self.manifest = open_manifest(cfg.path, env, verify=cfg.verify)
         self.env = env
-        self.normalize = Normalizer(self.manifest, cfg.normalize, env.device)
+        self.normalize = Normalizer(self.manifest.normalization, self.manifest.input_shape, cfg.normalize,
+                                    env.device)
         self.input_shape = self.manifest.input_shape
         self.num_classes = self.manifest.num_classes
         self.train_size = self.manifest.num_samples("train")

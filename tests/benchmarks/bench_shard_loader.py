@@ -39,9 +39,10 @@ def loader_rates(path: Path, epochs: int = 3) -> dict[str, float]:
 
     from dist_train.config import DataConfig
     from dist_train.data.loader import InMemoryData
+    from dist_train.data.normalization import Normalizer
     from dist_train.data.sources import Split, Splits
     from dist_train.data.shards import load_manifest
-    from dist_train.data.stream import Normalizer, ShardTrainLoader
+    from dist_train.data.stream import ShardTrainLoader
     from dist_train.env import DistEnv
 
     torch.set_num_threads(1)
@@ -50,7 +51,7 @@ def loader_rates(path: Path, epochs: int = 3) -> dict[str, float]:
     for workers in (0, 1, 2):
         cfg = DataConfig(source="shards", path=str(path), loader_workers=workers, verify=False)
         manifest = load_manifest(path)  # (ShardData would verify collectively; one process here)
-        norm = Normalizer(manifest, "per_channel", "cpu")
+        norm = Normalizer(manifest.normalization, manifest.input_shape, "per_channel", "cpu")
         loader = ShardTrainLoader(manifest, cfg, env, PER_RANK_BATCH, 1, 0, norm)
         times = []
         for epoch in range(epochs + 1):

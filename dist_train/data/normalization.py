@@ -1,0 +1,62 @@
+"""Input normalization, one implementation for every path: the statistics of
+the training split (which `prepare` writes into the manifest and the in-memory
+sources compute the same way) and the `Normalizer` that applies them to a
+batch. In-memory data and shards of the same set therefore go through the same
+float32 arithmetic and give the same numbers.
+
+Statistics are computed in float64 and kept raw (the manifest stores them as
+they are); the floor for constant inputs is applied when a Normalizer is built,
+so manifests already on disk keep their meaning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+MODES = ("per_channel", "per_feature", "none")
+# A feature or channel whose std is below this is constant: it is only centred,
+# never divided by (almost) zero.
+STD_FLOOR = 1e-8
+
+Stats = dict[str, dict[str, list[float]]]  # {"per_channel": {"mean": [...], "std": [...]}, "per_feature": {...}}
+
+
+def normalization_stats(train_inputs: np.ndarray) -> Stats:
+    """Mean and std of the training split (N, *input_shape) per channel (axis 1
+    pooled over the rest; flat inputs count as one channel) and per feature."""
+    x = train_inputs.astype(np.float64)
+    axes = (0, *range(2, x.ndim)) if x.ndim >= 3 else None
+    per_channel = ({"mean": x.mean(axis=axes).ravel().tolist(), "std": x.std(axis=axes).ravel().tolist()}
+                   if axes else {"mean": [float(x.mean())], "std": [float(x.std())]})
+    flat = x.reshape(len(x), -1)
+    return {"per_channel": per_channel,
+            "per_feature": {"mean": flat.mean(axis=0).tolist(), "std": flat.std(axis=0).tolist()}}
+
+
+class Normalizer:
+    """Inputs (uint8 pixels or floats) to float32 on `device`, standardized
+    with the training split's statistics: (x - mean) * (1 / std)."""
+
+    def __init__(self, stats: Stats, input_shape: tuple[int, ...], mode: str, device: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"normalization mode {mode!r} is not one of {MODES}")
+        self.device = device
+        if mode == "none":
+            self.mean = self.inv_std = None
+            return
+        mean = torch.tensor(stats[mode]["mean"], dtype=torch.float32)
+        std = torch.tensor(stats[mode]["std"], dtype=torch.float32)
+        std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)
+        if mode == "per_feature":
+            mean, std = mean.reshape(input_shape), std.reshape(input_shape)
+        elif len(input_shape) >= 2:  # one value per channel, broadcast over the positions
+            view = [input_shape[0]] + [1] * (len(input_shape) - 1)
+            mean, std = mean.reshape(view), std.reshape(view)
+        self.mean, self.inv_std = mean.to(device), (1.0 / std).to(device)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs.to(self.device, non_blocking=True).float()
+        if self.mean is None:
+            return x
+        return (x - self.mean) * self.inv_std

@@ -1,0 +1,40 @@
+"""The one normalization: training-split statistics and the Normalizer that
+in-memory sources and shards both apply."""
+
+import numpy as np
+import pytest
+import torch
+
+from dist_train.data.normalization import Normalizer, normalization_stats
+
+
+def test_per_channel_pools_axis_1_over_the_rest_and_flat_inputs_are_one_channel():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 3, 4, 5), dtype=np.uint8)
+    stats = normalization_stats(images)
+    x = images.astype(np.float64)
+    assert stats["per_channel"]["mean"] == x.mean(axis=(0, 2, 3)).tolist()
+    assert stats["per_channel"]["std"] == x.std(axis=(0, 2, 3)).tolist()
+    assert stats["per_feature"]["mean"] == x.reshape(20, -1).mean(axis=0).tolist()
+    flat = rng.normal(size=(20, 7)).astype(np.float32)
+    assert normalization_stats(flat)["per_channel"] == {"mean": [float(flat.astype(np.float64).mean())],
+                                                        "std": [float(flat.astype(np.float64).std())]}
+
+
+@pytest.mark.parametrize("mode", ["per_channel", "per_feature"])
+def test_standardizes_in_float32_and_only_centres_constant_inputs(mode):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (50, 2, 3, 3), dtype=np.uint8)
+    images[:, 1] = 7  # a constant channel: std 0
+    z = Normalizer(normalization_stats(images), (2, 3, 3), mode, "cpu")(torch.from_numpy(images))
+    assert z.dtype == torch.float32 and torch.isfinite(z).all()
+    assert torch.equal(z[:, 1], torch.zeros_like(z[:, 1]))  # centred, not divided by ~0
+    assert z[:, 0].mean().abs().item() < 1e-5 and z[:, 0].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_none_only_converts_to_float32():
+    images = torch.arange(24, dtype=torch.uint8).reshape(2, 1, 3, 4)
+    z = Normalizer({}, (1, 3, 4), "none", "cpu")(images)
+    assert z.dtype == torch.float32 and torch.equal(z, images.float())
+    with pytest.raises(ValueError, match="'per_pixel' is not one of"):
+        Normalizer({}, (1, 3, 4), "per_pixel", "cpu")
