@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from dist_train.config import ScheduleConfig
+from dist_train.monitor import Monitor
 
 
 class LRSchedule:
@@ -66,8 +67,7 @@ class LRSchedule:
         if self.cfg.name != "plateau":
             return False
         value = metrics[self.cfg.monitor]
-        sign = -1.0 if self.cfg.monitor.endswith("accuracy") else 1.0  # lower is better after the sign
-        if self.plateau_best is None or sign * value < sign * self.plateau_best - self.cfg.threshold:
+        if Monitor(self.cfg.monitor, min_delta=self.cfg.threshold).improves(value, self.plateau_best):
             self.plateau_best, self.plateau_bad_epochs = value, 0
             return False
         self.plateau_bad_epochs += 1

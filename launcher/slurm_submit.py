@@ -73,11 +73,11 @@ def render(args: argparse.Namespace, run_dir: Path) -> str:
 
 def submit(args: argparse.Namespace) -> int:
     from dist_train.config import load_config
-    from dist_train.resolve import resolve
+    from dist_train.preflight import check_job
 
     cfg = load_config(args.config, args.overrides)  # a mistake shows here, not in the job's log
     workers = args.nodes * workers_per_node(args)
-    resolve(cfg, workers)
+    check_job(cfg, workers)
     run_dir = Path(cfg.run.dir)
     script = render(args, run_dir)
     if args.dry_run:

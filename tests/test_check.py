@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dist_train.checks import check_gradients, run_checks
+from launcher.tools.check import check_gradients, run_checks
 from dist_train.config import load_config
 from tests.conftest import REPO
 

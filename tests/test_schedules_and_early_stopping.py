@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_train.callbacks import EarlyStopping
+from dist_train.early_stopping import EarlyStopping
 from dist_train.config import EarlyStoppingConfig, ScheduleConfig, load_config
 from dist_train.env import DistEnv
 from dist_train.resolve import resolve
@@ -64,7 +64,7 @@ def test_early_stopping_patience_min_delta_and_mode():
     # 0.605 and 0.61 are not better than 0.6 by more than min_delta: two bad epochs
     decisions = [stopper.update(e, {"val_accuracy": a}, model) for e, a in enumerate((0.5, 0.6, 0.605, 0.61))]
     assert decisions == [False, False, False, True]
-    assert stopper.best == 0.6 and stopper.best_epoch == 1 and stopper.mode == "max"
+    assert stopper.best == 0.6 and stopper.best_epoch == 1 and stopper.monitor.mode == "max"
 
 
 OVERRIDES = ["data.source=synthetic", "data.num_samples=400", "data.num_features=10", "data.num_classes=3",
@@ -75,11 +75,11 @@ OVERRIDES = ["data.source=synthetic", "data.num_samples=400", "data.num_features
 
 def early_stopping_worker(env):
     cfg = load_config(None, OVERRIDES)
-    trainer = Trainer(cfg, env, resolve(cfg, env.world_size))
+    trainer = Trainer.build(cfg, env)
     result = trainer.fit()
     best = trainer.early_stopping.best_weights
     restored = all(torch.equal(v, best[k]) for k, v in result.model.state_dict().items())
-    return {"epochs": trainer.epoch, "early": result.early_stopped, "lr": trainer.strategy.optimizer.param_groups[0]["lr"],
+    return {"epochs": trainer.state.epoch, "early": result.early_stopped, "lr": trainer.strategy.optimizer.param_groups[0]["lr"],
             "restored": restored, "best_epoch": trainer.early_stopping.best_epoch}
 
 
@@ -92,7 +92,7 @@ def test_all_ranks_stop_together_with_the_same_lr_and_restore_the_best_weights()
 
 
 def test_lr_is_logged_every_step(tmp_path):
-    from dist_train.runner import run
+    from dist_train.run import run
 
     cfg = load_config(None, OVERRIDES[:8] + ["train.epochs=2", "schedule.name=cosine", f"run.dir={tmp_path}"])
     assert run(cfg, DistEnv()) == 0
@@ -105,7 +105,7 @@ def test_lr_is_logged_every_step(tmp_path):
 def test_an_unchanged_lr_is_recorded_once_and_each_change_at_its_step(tmp_path):
     """Constant LR halved by the plateau schedule: the `lr` records are the first
     step and the steps after each halving, which gives every step's LR exactly."""
-    from dist_train.runner import run
+    from dist_train.run import run
 
     cfg = load_config(None, OVERRIDES + ["train.epochs=6", f"run.dir={tmp_path}"])
     assert run(cfg, DistEnv()) == 0

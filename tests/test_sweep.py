@@ -18,11 +18,11 @@ import yaml
 from scipy import stats
 
 from dist_train.errors import DistTrainError
-from dist_train.sweep.results import ranked
-from dist_train.sweep.runner import SweepRunner, gpu_slots
-from dist_train.sweep.space import grid_params, parse_space, random_params
-from dist_train.sweep.spec import load_sweep
-from dist_train.sweep.trials import TrialRecord
+from launcher.tools.sweep.results import ranked
+from launcher.tools.sweep.scheduler import SweepScheduler, gpu_slots
+from launcher.tools.sweep.space import grid_params, parse_space, random_params
+from launcher.tools.sweep.spec import load_sweep
+from launcher.tools.sweep.trials import TrialRecord
 from tests.conftest import REPO
 
 DIST_TRAIN = [sys.executable, "-m", "launcher"]
@@ -71,12 +71,12 @@ def test_grid_covers_exactly_the_grid(tmp_path):
     got = [(round(p["optim.lr"], 12), tuple(p["model.hidden_sizes"]), p["train.epochs"]) for p in points]
     assert len(got) == 18 and set(got) == {(round(lr, 12), hs, ep) for lr, hs, ep in expected}
     out = io.StringIO()
-    assert SweepRunner(spec, out=out).dry_run() == 0  # the plan the sweep would run: every point once
+    assert SweepScheduler(spec, out=out).dry_run() == 0  # the plan the sweep would run: every point once
     lines = out.getvalue().splitlines()
     assert [line.split()[0] for line in lines] == [f"trial-{i:04d}" for i in range(18)]
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
     capped = load_sweep(sweep, ["budget.max_trials=5"])
-    assert SweepRunner(capped, out=io.StringIO()).search.planned == 5
+    assert SweepScheduler(capped, out=io.StringIO()).search.planned == 5
 
 
 @pytest.mark.parametrize("change, words", [
@@ -106,7 +106,7 @@ def test_a_space_key_the_config_does_not_have_stops_the_sweep_before_any_trial(t
         "base": f"{REPO}/configs/cpu_test.yaml", "out_dir": str(tmp_path / "out"), "budget": {"max_trials": 2},
         "space": {"optim.lrr": {"log_uniform": [1.0e-3, 1.0e-1]}}}))
     with pytest.raises(DistTrainError, match="config key 'optim.lrr': unknown key"):
-        SweepRunner(load_sweep(tmp_path / "s.yaml"), out=io.StringIO()).run()
+        SweepScheduler(load_sweep(tmp_path / "s.yaml"), out=io.StringIO()).run()
     assert not (tmp_path / "out").exists()
 
 
@@ -121,7 +121,7 @@ def test_command_line_overrides_go_to_the_sweep_or_to_the_base_config(tmp_path):
 def test_a_spent_time_budget_starts_no_trial(tmp_path):
     spec = load_sweep(f"{REPO}/configs/sweep_digits.yaml", [f"out_dir={tmp_path}", "budget.max_minutes=1e-9"])
     out = io.StringIO()
-    assert SweepRunner(spec, out=out).run() == 1  # nothing finished
+    assert SweepScheduler(spec, out=out).run() == 1  # nothing finished
     assert "the time budget of 1e-09 min is spent" in out.getvalue() and "[sweep] no trial finished" in out.getvalue()
     assert not list(tmp_path.glob("trial-*"))
 
@@ -262,12 +262,12 @@ def tpe_spec(tmp_path, *overrides):
 def test_tpe_without_optuna_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
     with pytest.raises(DistTrainError, match=r"pip install 'dist-train\[sweep\]'"):
-        SweepRunner(tpe_spec(tmp_path), out=io.StringIO())
+        SweepScheduler(tpe_spec(tmp_path), out=io.StringIO())
 
 
 def test_tpe_proposes_in_range_and_learns_from_earlier_trials(tmp_path):
     pytest.importorskip("optuna")
-    from dist_train.sweep.search import TPESearch
+    from launcher.tools.sweep.search import TPESearch
 
     spec = tpe_spec(tmp_path)
     search = TPESearch(spec, {})

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from dist_train.errors import DistTrainError
-from dist_train.sweep.space import Param, grid_params, random_params
-from dist_train.sweep.spec import SweepSpec
-from dist_train.sweep.trials import TrialRecord
+from launcher.tools.sweep.space import Param, grid_params, random_params
+from launcher.tools.sweep.spec import SweepSpec
+from launcher.tools.sweep.trials import TrialRecord
 
 
 class RandomSearch:

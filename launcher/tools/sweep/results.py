@@ -13,8 +13,8 @@ from typing import Any
 
 from dist_train.atomic import write_atomic
 from dist_train.config import dump_yaml, load_config, replace
-from dist_train.sweep.spec import SweepSpec
-from dist_train.sweep.trials import TrialRecord, trial_dir
+from launcher.tools.sweep.spec import SweepSpec
+from launcher.tools.sweep.trials import TrialRecord, trial_dir
 
 _STATUS_ORDER = {"finished": 0, "stopped": 1, "running": 1, "pending": 1, "failed": 2}
 

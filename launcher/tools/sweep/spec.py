@@ -26,10 +26,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from dist_train.callbacks import metric_mode
+from dist_train.monitor import metric_mode
 from dist_train.config import Config, build_section, config_from_dict, load_config, read_yaml_mapping
 from dist_train.errors import ConfigError, DistTrainError
-from dist_train.sweep.space import Param, parse_space
+from launcher.tools.sweep.space import Param, parse_space
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,12 @@ from typing import IO, Any
 import yaml
 
 from dist_train.atomic import write_atomic
-from dist_train.callbacks import EXIT_RESUME
-from dist_train.errors import ConfigError, DistTrainError
-from dist_train.resolve import resolve
-from dist_train.sweep.results import fmt_value, write_best_config, write_results
-from dist_train.sweep.search import build_search
-from dist_train.sweep.spec import SweepSpec
-from dist_train.sweep.trials import (TrialRecord, failure_line, read_outcome, read_records_of_sweep, trial_config,
+from dist_train.errors import EXIT_RESUME, ConfigError, DistTrainError
+from dist_train.preflight import check_job
+from launcher.tools.sweep.results import fmt_value, write_best_config, write_results
+from launcher.tools.sweep.search import build_search
+from launcher.tools.sweep.spec import SweepSpec
+from launcher.tools.sweep.trials import (TrialRecord, failure_line, read_outcome, read_records_of_sweep, trial_config,
                                      trial_dir, write_record, write_trial_config)
 
 POLL_S = 0.2
@@ -46,7 +45,7 @@ class Active:
     slot: int
 
 
-class SweepRunner:
+class SweepScheduler:
     def __init__(self, spec: SweepSpec, retry_failed: bool = False, out: IO[str] = sys.stdout) -> None:
         self.spec, self.s, self.retry_failed, self.out = spec, spec.settings, retry_failed, out
         self.records = read_records_of_sweep(spec.out_dir)
@@ -87,7 +86,7 @@ class SweepRunner:
 
     def _config(self, index: int, params: dict[str, Any]) -> Any:
         cfg = trial_config(self.spec.base, self.spec.name, self.spec.out_dir, index, params)
-        resolve(cfg, self.s.workers_per_trial)
+        check_job(cfg, self.s.workers_per_trial)
         return cfg
 
     # ------------------------------------------------------------ running
@@ -264,8 +263,8 @@ class SweepRunner:
 
 
 def run_sweep(spec: SweepSpec, retry_failed: bool = False, dry_run: bool = False, out: IO[str] = sys.stdout) -> int:
-    runner = SweepRunner(spec, retry_failed, out)
-    return runner.dry_run() if dry_run else runner.run()
+    scheduler = SweepScheduler(spec, retry_failed, out)
+    return scheduler.dry_run() if dry_run else scheduler.run()
 
 
 # ------------------------------------------------------------------ processes

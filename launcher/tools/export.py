@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from dist_train.atomic import atomic_file
-from dist_train.callbacks import better, metric_mode
+from dist_train.monitor import Monitor
 from dist_train.checkpoint import CheckpointInfo, find_latest_valid, list_checkpoints, load_file, verify_checkpoint
 from dist_train.errors import DistTrainError
 
@@ -53,7 +53,7 @@ def best_kept_checkpoint(run_dir: Path, newest: CheckpointInfo) -> tuple[Checkpo
     """The valid checkpoint taken at an epoch's end with the best value of the
     run's `checkpoint.monitor` (the one retention keeps with keep_best)."""
     monitor = (newest.manifest.get("config") or {}).get("checkpoint", {}).get("monitor", "val_loss")
-    mode = metric_mode(monitor)
+    choose = Monitor(monitor)
     found: list[CheckpointInfo] = []
     for path in list_checkpoints(run_dir):
         try:
@@ -66,6 +66,6 @@ def best_kept_checkpoint(run_dir: Path, newest: CheckpointInfo) -> tuple[Checkpo
         raise DistTrainError(f"{run_dir} has no best_model.pt and no checkpoint with a {monitor} to choose by")
     best = found[0]
     for info in found[1:]:
-        if better(float(info.manifest[monitor]), float(best.manifest[monitor]), mode):
+        if choose.improves(float(info.manifest[monitor]), float(best.manifest[monitor])):
             best = info
     return best, monitor

@@ -1,7 +1,6 @@
-"""Decisions the loop takes between steps and epochs: early stopping, stop
-requests from signals. Each is made from values every rank holds identically
-(globally reduced metrics, or a flag agreed with one all-reduce), so no rank
-ever stops alone."""
+"""Stop requests from signals: SIGTERM, SIGUSR1 and Ctrl-C set a flag the
+loop agrees on with the other ranks at a step boundary (one small
+all-reduce), so no rank ever stops alone."""
 
 from __future__ import annotations
 
@@ -9,65 +8,6 @@ import signal
 import sys
 import time
 from typing import Any
-
-import torch
-from torch import nn
-
-from dist_train.config import EarlyStoppingConfig
-
-from dist_train.errors import EXIT_RESUME  # noqa: F401  (re-exported: "resume me")
-
-
-def better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    if best is None:
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def metric_mode(monitor: str, mode: str = "auto") -> str:
-    if mode != "auto":
-        return mode
-    return "max" if monitor.endswith("accuracy") else "min"
-
-
-class EarlyStopping:
-    """Stop when `monitor` has not improved by more than `min_delta` for
-    `patience` epochs; optionally keep the best weights to restore at the end
-    (the course's "go back to the network with the best validation performance")."""
-
-    def __init__(self, cfg: EarlyStoppingConfig) -> None:
-        self.cfg = cfg
-        self.mode = metric_mode(cfg.monitor, cfg.mode)
-        self.best: float | None = None
-        self.best_epoch = -1
-        self.bad_epochs = 0
-        self.best_weights: dict[str, torch.Tensor] | None = None
-
-    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
-        """Record the epoch's (globally reduced) metrics; True when training should stop."""
-        if not self.cfg.enabled:
-            return False
-        value = metrics[self.cfg.monitor]
-        if better(value, self.best, self.mode, self.cfg.min_delta):
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            if self.cfg.restore_best:
-                self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return False
-        self.bad_epochs += 1
-        return self.bad_epochs >= self.cfg.patience
-
-    def restore(self, model: nn.Module) -> bool:
-        if self.cfg.enabled and self.cfg.restore_best and self.best_weights is not None:
-            model.load_state_dict(self.best_weights)
-            return True
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, Any], best_weights: dict[str, torch.Tensor] | None) -> None:
-        self.best, self.best_epoch, self.bad_epochs = state["best"], int(state["best_epoch"]), int(state["bad_epochs"])
-        self.best_weights = best_weights
 
 
 class StopRequest:

@@ -23,6 +23,7 @@ from typing import IO
 import torch
 from torch import nn
 
+from dist_train.comm import Comm
 from dist_train.config import Config, replace
 from dist_train.data import build_data
 from dist_train.env import DistEnv
@@ -30,7 +31,9 @@ from dist_train.losses import build_loss
 from dist_train.models import build_model
 from dist_train.optim import build_optimizer
 from dist_train.resolve import resolve
-from dist_train.trainer import seed_everything
+from dist_train.rng import seed_everything
+from dist_train.strategy import Precision
+from dist_train.strategy.single import SingleStrategy
 
 PROBE_SAMPLES = 512  # training examples the initial loss and the input statistics are measured on
 # The highest initial loss that passes: that of outputs with this std, independent
@@ -66,7 +69,7 @@ class InitDiagnostics:
 def run_checks(cfg: Config, subset: int = 50, max_steps: int = 500, out: IO[str] = sys.stdout) -> int:
     """Run the three checks, print one PASS/FAIL line each; 0 when all pass, 1 otherwise."""
     env = DistEnv.from_env({}, device=cfg.dist.device)  # one process, whatever launched us
-    data = build_data(cfg, env, resolve(cfg, 1))
+    data = build_data(cfg, env, resolve(cfg, 1), Comm())
     inputs, targets = training_examples(data, max(subset, PROBE_SAMPLES))
     diag = diagnose_init(cfg, inputs, targets, data.input_shape, data.num_classes)
     results = [
@@ -202,7 +205,8 @@ def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, inpu
     # regularization off: the question is whether the model can fit at all
     cfg = replace(cfg, **{"model.dropout": 0.0, "optim.weight_decay": 0.0})
     model = _fresh_model(cfg, input_shape, num_classes, inputs.device)
-    optimizer = build_optimizer(cfg.optim, model)
+    # the training step every strategy takes (clipping, the non-finite guard), in one process
+    strategy = SingleStrategy(model, build_optimizer(cfg.optim, model), Precision("fp32", str(inputs.device)))
     loss_fn = build_loss(cfg.train.loss)
     batch = min(n, cfg.train.global_batch_size)
     gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -215,16 +219,11 @@ def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, inpu
         idx = order[at:at + batch].to(inputs.device)
         at += batch
         model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs[idx]), targets[idx]) / batch
-        losses.append(float(loss.detach()))
+        loss_sum = strategy.micro_batch(inputs[idx], targets[idx], loss_fn, batch, last=True)
+        losses.append(float(loss_sum) / batch)
         steps += 1
-        if not math.isfinite(losses[-1]):
-            break
-        loss.backward()
-        if cfg.train.grad_clip_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip_norm)
-        optimizer.step()
+        if not strategy.step(cfg.train.grad_clip_norm).applied:
+            break  # a non-finite loss or gradient: the weights were left as they were
         if steps % 10 == 0 or steps == max_steps:
             accuracy = _accuracy(model, inputs, targets)
     first, last = losses[0] if losses else float("nan"), losses[-1] if losses else float("nan")

@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 
 from dist_train.atomic import write_atomic
-from dist_train.callbacks import better
+from dist_train.monitor import Monitor
 from dist_train.config import Config, dump_yaml, replace, to_dict
 from dist_train.errors import DistTrainError
-from dist_train.report import read_records
+from launcher.tools.report import read_records
 
 # pending: planned; running: started (or the sweep died while it ran); finished:
 # exit 0; stopped: saved a checkpoint on request (exit 75), resumes on the next
@@ -121,7 +121,7 @@ def read_outcome(run_dir: Path, metric: str, mode: str) -> dict[str, Any]:
         if r.get("event") == "epoch":
             epochs += 1
             value = r.get(metric)
-            if isinstance(value, (int, float)) and math.isfinite(value) and better(value, best, mode):
+            if isinstance(value, (int, float)) and math.isfinite(value) and Monitor(metric, mode).improves(value, best):
                 best = float(value)
     tests = [r for r in records if r.get("event") == "test"]
     return {"best": best, "epochs": epochs, "early_stopped": any(r.get("event") == "early_stop" for r in records),
