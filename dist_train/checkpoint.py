@@ -1,12 +1,17 @@
 """Checkpoints: atomic, verified, retained, found again, loaded without unpickling.
 
+A `Checkpointer` saves and loads named parts that follow torch's `Stateful`
+protocol (`state_dict()` / `load_state_dict()`), each into its file:
+
 Layout: RUN_DIR/checkpoints/step-00000120/
-    model.pt        plain model state_dict: `torch.load(p, weights_only=True)` loads it without dist_train
-    trainer.pt      optimizer, LR schedule, early stopping, progress, metrics line count, W&B run id, config
+    model.pt        the model's weights, a plain state_dict: `torch.load(p, weights_only=True)` loads it without dist_train
+    trainer.pt      {part name: state} of the parts shared by all ranks: the strategy (optimizer, loss
+                    scaler), the LR schedule, early stopping, the TrainState (progress, best values, ...)
     best_model.pt   the best weights so far (only with early_stopping.restore_best)
-    rank-00000.pt   per rank: RNG states (torch, numpy, python) and the unreduced running loss
-    deepspeed/      DeepSpeed's own files (strategy.name=deepspeed), each in the manifest
-    MANIFEST.json   written last: every file's size and SHA-256, and the progress
+    rank-00000.pt   per rank: its random streams and its unreduced running loss
+    deepspeed/      DeepSpeed's own files (strategy.name=deepspeed), written through the checkpointer's writer
+    MANIFEST.json   written last: every file's size and SHA-256, the progress, the validation metrics, the
+                    config, the metrics.jsonl line count and the W&B run id (what a resume plans with)
 
 Order (every rank takes part): rank 0 makes the directory; barrier; each rank
 writes its files to temporary names, fsyncs, renames, and computes their
@@ -23,24 +28,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
 from dist_train.atomic import atomic_file
-from dist_train.env import DistEnv
+from dist_train.comm import Comm
 from dist_train.errors import DistTrainError, TrainingFailed
+
+@runtime_checkable
+class Stateful(Protocol):
+    """torch's `torch.distributed.checkpoint.stateful.Stateful` protocol, declared
+    here because importing torch.distributed.checkpoint costs about a second
+    at every start."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
 
 MANIFEST = "MANIFEST.json"
 PREFIX = "step-"
+FORMAT = "dist-train-checkpoint/2"  # 1: trainer.pt before named parts (still loaded)
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -89,77 +103,49 @@ def _save_file(obj: Any, path: Path) -> dict[str, Any]:
     return {"bytes": writer.size, "sha256": writer.hexdigest()}
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states as tensors and plain numbers (loadable with weights_only)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)},
-             "python": {"version": version, "state": list(py_state), "gauss": gauss}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+class FileWriter:
+    """Hands a strategy the checkpoint directory: each file it saves through
+    `save` is written atomically and listed in the manifest with its digest."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.written: dict[str, dict[str, Any]] = {}
+
+    def save(self, obj: Any, path: Path) -> None:
+        self.written[os.path.relpath(path, self.directory)] = _save_file(obj, Path(path))
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def prepare_checkpoint_dir(run_dir: Path, global_step: int, env: DistEnv, group: Any = None) -> Path:
+def _make_dir(path: Path, comm: Comm) -> None:
     """Collective: rank 0 makes the (empty) directory of the step's checkpoint."""
-    path = checkpoint_root(run_dir) / f"{PREFIX}{global_step:08d}"
-    if env.is_rank0:
+    if comm.is_rank0:
         if path.exists():  # an earlier, unfinished save of the same step
             shutil.rmtree(path)
         path.mkdir(parents=True)
-    if env.is_distributed:
-        dist.barrier(group=group)
-    return path
+    comm.barrier()
 
 
-def save_checkpoint(run_dir: Path, global_step: int, env: DistEnv, shared: dict[str, Any],
-                    per_rank: dict[str, Any], info: dict[str, Any], group: Any = None,
-                    own_files: dict[str, Any] | None = None, prepared: bool = False) -> Path:
-    """Write one checkpoint. Collective: every rank calls it at the same step.
-    `shared` (rank 0 only): name -> object for files written once (model, trainer, ...);
-    `per_rank`: this rank's own state; `info`: progress and metrics for the manifest;
-    `group`: the process group to coordinate on (default: the main one);
-    `own_files`: files this rank already wrote into the directory (a strategy's
-    own, e.g. DeepSpeed's), name -> {bytes, sha256}, for the manifest;
-    `prepared`: the directory was made by `prepare_checkpoint_dir` already."""
-
-    def sync() -> None:
-        if env.is_distributed:
-            dist.barrier(group=group)
-
-    path = checkpoint_root(run_dir) / f"{PREFIX}{global_step:08d}"
-    if not prepared:
-        prepare_checkpoint_dir(run_dir, global_step, env, group)
-    files: dict[str, Any] = dict(own_files or {})
-    if env.is_rank0:
+def _write(path: Path, comm: Comm, shared: dict[str, Any], per_rank: dict[str, Any], info: dict[str, Any],
+           written: dict[str, Any], made: bool) -> None:
+    """Write one checkpoint; collective, every rank at the same step.
+    `shared` (rank 0): file name -> object; `per_rank`: this rank's own state;
+    `written`: files a strategy already wrote there (with digests); `made`:
+    the directory exists already."""
+    if not made:
+        _make_dir(path, comm)
+    files: dict[str, Any] = dict(written)
+    if comm.is_rank0:
         for name, obj in shared.items():
-            files[f"{name}.pt"] = _save_file(obj, path / f"{name}.pt")
-    files[f"rank-{env.rank:05d}.pt"] = _save_file(per_rank, path / f"rank-{env.rank:05d}.pt")
-    if env.is_distributed:
-        gathered: list = [None] * env.world_size
-        dist.all_gather_object(gathered, files, group=group)
-        files = {k: v for part in gathered for k, v in part.items()}
-    sync()
-    if env.is_rank0:
-        manifest = {"format": "dist-train-checkpoint/1", "global_step": global_step, "world_size": env.world_size,
+            files[name] = _save_file(obj, path / name)
+    files[f"rank-{comm.rank:05d}.pt"] = _save_file(per_rank, path / f"rank-{comm.rank:05d}.pt")
+    files = {k: v for part in comm.gather_object(files) for k, v in part.items()}
+    comm.barrier()
+    if comm.is_rank0:
+        manifest = {"format": FORMAT, "global_step": int(path.name[len(PREFIX):]), "world_size": comm.world_size,
                     **info, "files": files}
         with atomic_file(path / MANIFEST) as fh:
             json.dump(manifest, fh, indent=1)
         _fsync_dir(path)
-    sync()
-    return path
+    comm.barrier()
 
 
 @dataclass(frozen=True)
@@ -218,15 +204,6 @@ def find_latest_valid(run_dir: Path, warn: Any = print) -> CheckpointInfo | None
     return None
 
 
-def agree_on_checkpoint(choice: CheckpointInfo | None, env: DistEnv) -> CheckpointInfo | None:
-    """Rank 0's choice, on every rank (ranks must never load different checkpoints)."""
-    if not env.is_distributed:
-        return choice
-    box = [None if choice is None else (str(choice.path), choice.manifest)]
-    dist.broadcast_object_list(box, src=0)
-    return None if box[0] is None else CheckpointInfo(Path(box[0][0]), box[0][1])
-
-
 def load_file(path: Path, name: str) -> Any:
     file = path / name
     if not file.is_file():
@@ -253,43 +230,80 @@ def snapshot(obj: Any, reuse: Any = None) -> Any:
     return obj
 
 
-class AsyncCheckpointer:
-    """Saves in the background: the state is copied in memory at the step
-    boundary (the only stall), then a thread writes, hashes, gathers the digests
-    and writes the manifest, coordinating over a gloo group of its own so it
-    never interleaves with the training's collectives. One save at a time; a
-    save that fails is raised at the next save or at `wait()`. A save that is
-    cut short leaves no manifest, so the previous checkpoint stays the latest."""
+@dataclass
+class CheckpointParts:
+    """What a checkpoint holds, by file. `shared`: file name -> a part (its
+    state is the file) or a mapping of named parts (the file holds
+    {name: state}); every rank computes these states (a sharded model's weights
+    are gathered collectively), rank 0 writes them, and a state of None writes
+    no file. `per_rank`: this rank's own parts (rank-NNNNN.pt). `files`: an
+    object that writes files of its own through a FileWriter and reads them
+    back (a strategy: `save_files(writer)`, `load_files(directory)`), or None."""
 
-    def __init__(self, env: DistEnv, timeout_s: float) -> None:
-        self.env = env
-        self.group = None
-        if env.is_distributed:  # collective: every rank creates it at the same point
-            import datetime
+    shared: dict[str, Stateful | dict[str, Stateful]]
+    per_rank: dict[str, Stateful]
+    files: Any = None
 
-            self.group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+def _state(part: Stateful | dict[str, Stateful]) -> Any:
+    if isinstance(part, dict):
+        return {name: p.state_dict() for name, p in part.items()}
+    return part.state_dict()
+
+
+class Checkpointer:
+    """Saves and loads checkpoints of `CheckpointParts` in `run_dir`.
+
+    A save copies every state in memory at the step boundary (the only stall),
+    then a thread writes, hashes, gathers the digests and writes the manifest,
+    coordinating over a gloo group of its own so it never interleaves with the
+    training's collectives. Files a strategy writes itself go first, on the
+    training thread (they are collectives of the strategy's own). One save at
+    a time; a save that fails is raised at the next save or at `wait()`. A
+    save cut short leaves no manifest, so the previous checkpoint stays the
+    latest. Retention runs after each save (rank 0)."""
+
+    def __init__(self, run_dir: Path, comm: Comm, env: Any, timeout_s: float, keep_last: int = 3) -> None:
+        self.run_dir, self.comm, self.env, self.timeout_s, self.keep_last = Path(run_dir), comm, env, timeout_s, keep_last
+        self._side: Comm | None = None  # the saving thread's own group, made at the first save
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._last: tuple[Any, Any] = (None, None)
 
-    def save(self, run_dir: Path, global_step: int, shared: dict[str, Any], per_rank: dict[str, Any],
-             info: dict[str, Any], after: Any = None, own_files: dict[str, Any] | None = None,
-             prepared: bool = False) -> None:
+    def path(self, step: int) -> Path:
+        return checkpoint_root(self.run_dir) / f"{PREFIX}{step:08d}"
+
+    def save(self, step: int, parts: CheckpointParts, info: dict[str, Any], keep_step: int | None = None) -> Path:
+        """Collective. `info`: what the manifest records beside the files;
+        `keep_step`: a checkpoint retention keeps whatever its age (the best)."""
+        shared = {name: _state(part) for name, part in parts.shared.items()}  # collectives inside, on every rank
+        shared = {name: state for name, state in shared.items() if state is not None} if self.comm.is_rank0 else {}
+        per_rank = {name: part.state_dict() for name, part in parts.per_rank.items()}
+        path, written, made = self.path(step), {}, False
+        if parts.files is not None and parts.files.writes_files:
+            self.wait()  # the directory may be the one a previous save still writes
+            _make_dir(path, self.comm)
+            writer = FileWriter(path)
+            parts.files.save_files(writer)
+            written, made = writer.written, True
         self.wait()  # the previous save is written: its copy can be reused
         shared, per_rank = snapshot(shared, self._last[0]), snapshot(per_rank, self._last[1])
         self._last = (shared, per_rank)
+        if self._side is None:
+            self._side = self.comm.side_group(self.timeout_s)
+        side, run_dir, keep_last = self._side, self.run_dir, self.keep_last
 
         def work() -> None:
             try:
-                path = save_checkpoint(run_dir, global_step, self.env, shared, per_rank, info, group=self.group,
-                                       own_files=own_files, prepared=prepared)
-                if after is not None:
-                    after(path)
+                _write(path, side, shared, per_rank, info, written, made)
+                if side.is_rank0:
+                    apply_retention(run_dir, keep_last, keep_step, current=path)
             except BaseException as exc:  # reported on the training thread
                 self._error = exc
 
-        self._thread = threading.Thread(target=work, name=f"checkpoint-{global_step}", daemon=True)
+        self._thread = threading.Thread(target=work, name=f"checkpoint-{step}", daemon=True)
         self._thread.start()
+        return path
 
     def wait(self) -> None:
         if self._thread is not None:
@@ -297,9 +311,47 @@ class AsyncCheckpointer:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            if isinstance(error, RuntimeError):  # a collective failed (a lost peer): the runner explains those
+            if isinstance(error, RuntimeError):  # a collective failed (a lost peer): dist_train.run explains those
                 raise error
             raise TrainingFailed(f"saving a checkpoint failed: {type(error).__name__}: {error}") from error
+
+    def load(self, info: CheckpointInfo, parts: CheckpointParts) -> bool:
+        """Put a checkpoint every rank agreed on back into `parts`. Returns
+        whether this rank's own parts were restored too: False when the
+        checkpoint was saved by another number of workers (their per-rank state
+        cannot be split or merged; the caller starts those afresh)."""
+        for name, part in parts.shared.items():
+            state = load_file(info.path, name)
+            if name == "trainer.pt":
+                state = _upgrade_trainer(state, info)
+            if state is None:
+                continue  # an optional file (best_model.pt) the run did not write
+            if isinstance(part, dict):
+                for key, p in part.items():
+                    p.load_state_dict(state[key])
+            else:
+                part.load_state_dict(state)
+        if parts.files is not None:
+            parts.files.load_files(info.path)
+        mine = load_file(info.path, f"rank-{self.comm.rank:05d}.pt")
+        if int(info.manifest.get("world_size", -1)) != self.comm.world_size or mine is None:
+            return False
+        for name, part in parts.per_rank.items():
+            part.load_state_dict(mine[name])
+        return True
+
+
+def _upgrade_trainer(state: dict[str, Any] | None, info: CheckpointInfo) -> dict[str, Any] | None:
+    """trainer.pt of format 1 (before named parts) in today's layout."""
+    if state is None or info.manifest.get("format") != "dist-train-checkpoint/1":
+        return state
+    progress = state["progress"]
+    return {"strategy": state["optimizer"], "schedule": state["schedule"], "early_stopping": state["early_stopping"],
+            "state": {"epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"],
+                      "global_step": progress["global_step"], "last_val": state["last_val"],
+                      "best_checkpoint": state["best_checkpoint"], "best_monitored": state["best_monitored"],
+                      "last_logged_lr": state.get("last_logged_lr"), "world_size": state["world_size"],
+                      "finished": state["finished"], "early_stopped": bool(info.manifest.get("early_stopped"))}}
 
 
 def apply_retention(run_dir: Path, keep_last: int, best_step: int | None, current: Path | None = None) -> list[Path]:
