@@ -73,6 +73,12 @@ class Comm:
     def barrier(self) -> None:
         pass
 
+    def side_group(self, timeout_s: float) -> "Comm":
+        """A communicator over a gloo group of its own, for work beside training
+        (background checkpoint saves) whose collectives must never interleave
+        with the training's. Collective: every rank makes it at the same point."""
+        return self
+
     def rank0_then_share(self, fn: Callable[[], T]) -> T:
         """Run `fn` on rank 0 only; every rank returns its result or raises its
         error (rank 0 the original, the others a SharedError with its text and
@@ -130,6 +136,21 @@ class TorchComm(Comm):
 
     def barrier(self) -> None:
         self._dist.barrier(group=self.group)
+
+    def side_group(self, timeout_s: float) -> "Comm":
+        import datetime
+
+        group = self._dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        return TorchComm(_CPU(self.rank, self.world_size), group)
+
+
+class _CPU:
+    """The little of a DistEnv a side group needs: gloo works on CPU tensors."""
+
+    device = "cpu"
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
 
 
 class FakeComm(Comm):

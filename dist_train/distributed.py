@@ -1,15 +1,12 @@
-"""Process group set-up and the few collectives the library uses.
-
-Every function here is called on every rank (habit: collectives everywhere,
-side effects on rank 0). With one worker no process group exists and each
-function is the identity.
+"""The job's process group: started once with an explicit timeout, destroyed
+at the end, and the peers' hosts, for naming a lost one. The collectives
+themselves go through `dist_train.comm.Comm`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import socket
 import threading
 import time
@@ -104,15 +101,28 @@ def _this_host(env: DistEnv) -> str:
 
 
 @contextlib.contextmanager
-def process_group(env: DistEnv, timeout_s: float) -> Iterator[Peers | None]:
-    """Start the process group (when world_size > 1) with an explicit timeout,
-    so a lost peer fails the job instead of hanging for torch's 30 minutes.
-    Yields where each rank runs (None with one worker), for naming a lost peer."""
-    if not env.is_distributed or dist.is_initialized():
+def process_group(env: DistEnv, timeout_s: float, group_of_one: bool = False) -> Iterator[Peers | None]:
+    """The job's process group, started with an explicit timeout (so a lost peer
+    fails the job instead of hanging for torch's 30 minutes) and destroyed on
+    leaving. With one worker there is none, unless `group_of_one` (DDP and
+    DeepSpeed need one): then an in-memory group of one. Yields where each rank
+    runs (None with one worker), for naming a lost peer."""
+    if dist.is_initialized():  # a caller's group (a test harness): it owns it
         yield None
         return
     if env.device.startswith("cuda"):
         torch.cuda.set_device(env.device)
+    if not env.is_distributed:
+        if not group_of_one:
+            yield None
+            return
+        dist.init_process_group(env.backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        try:
+            yield None
+        finally:
+            dist.destroy_process_group()
+        return
     kwargs: dict = {}
     if env.backend == "nccl":
         kwargs["device_id"] = torch.device(env.device)
@@ -144,36 +154,3 @@ def process_group(env: DistEnv, timeout_s: float) -> Iterator[Peers | None]:
         yield Peers(env, tuple(hosts), f"{prefix}/roll-call")
     finally:
         dist.destroy_process_group()
-
-
-def ensure_process_group(env: DistEnv) -> None:
-    """DDP and DeepSpeed need a process group; a single process (`dist-train run`,
-    or strategy.name=ddp with one worker) gets a group of one, in memory."""
-    if dist.is_initialized():
-        return
-    if env.device.startswith("cuda"):
-        torch.cuda.set_device(env.device)
-    os.environ.setdefault("LOCAL_RANK", "0")
-    dist.init_process_group(env.backend, store=dist.HashStore(), rank=0, world_size=1)
-
-
-def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Sum `tensor` over ranks in place and return it."""
-    if env.is_distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def agree_any(flag: bool, env: DistEnv) -> bool:
-    """True on every rank when it is True on at least one: for decisions
-    (stop, skip, save) that every rank must take together."""
-    if not env.is_distributed:
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def barrier(env: DistEnv) -> None:
-    if env.is_distributed:
-        dist.barrier()

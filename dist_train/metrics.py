@@ -10,27 +10,26 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from dist_train.comm import Comm
 from dist_train.data.loader import Batch
-from dist_train.distributed import all_reduce_sum
-from dist_train.env import DistEnv
 from dist_train.losses import LossFn
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, env: DistEnv) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, comm: Comm, device: str) -> dict[str, float]:
     """Loss and accuracy over a whole split: this rank's share, then one
     all-reduce of [loss sum, correct, count]. The model must be the plain module
     (not a DDP wrapper: its forward would communicate)."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=env.device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
     for batch in batches:
         logits = model(batch.inputs)
         totals[0] += loss_fn(logits, batch.targets, reduction="none").sum(dtype=torch.float64)
         totals[1] += (logits.argmax(dim=1) == batch.targets).sum()
         totals[2] += batch.targets.shape[0]
     model.train(was_training)
-    all_reduce_sum(totals, env)
+    comm.all_reduce_sum(totals)
     loss_sum, correct, count = totals.tolist()
     if count == 0:
         return {"loss": float("nan"), "accuracy": float("nan"), "count": 0}
@@ -52,12 +51,12 @@ class RunningMean:
         self.pending_sum.add_(loss_sum.detach())
         self.pending_count += count
 
-    def mean(self, window: str, env: DistEnv) -> float:
+    def mean(self, window: str, comm: Comm) -> float:
         """Global mean over `window` ("interval" or "epoch"), which then starts
         again. A collective: every rank calls it at the same step."""
         totals = torch.stack([self.pending_sum, torch.tensor(float(self.pending_count), dtype=torch.float64,
                                                              device=self.device)])
-        loss_sum, count = all_reduce_sum(totals, env).tolist()
+        loss_sum, count = comm.all_reduce_sum(totals).tolist()
         self.pending_sum.zero_()
         self.pending_count = 0
         for w in self.windows.values():

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+DIGITS_SHAPE = (1, 8, 8)
+
+
 @dataclass(frozen=True)
 class RawSet:
     inputs: np.ndarray  # (N, *input_shape), not normalized: uint8 pixels (digits), float32 features (synthetic)
@@ -25,7 +28,7 @@ def digits() -> RawSet:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return RawSet(bunch.images.astype(np.uint8)[:, None], bunch.target.astype(np.int64), (1, 8, 8), 10)
+    return RawSet(bunch.images.astype(np.uint8)[:, None], bunch.target.astype(np.int64), DIGITS_SHAPE, 10)
 
 
 def synthetic(num_samples: int, input_shape: tuple[int, ...], num_classes: int, split_seed: int) -> RawSet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -20,9 +21,40 @@ class Batch:
 
 @dataclass(frozen=True)
 class TrainStep:
-    step: int
+    """One optimizer step of one rank: its micro-batches (`train.grad_accum_steps`
+    of them, possibly empty when the rank ran out) and the number of samples
+    in the whole step across all ranks (what the exact-mean loss divides by)."""
+
+    step: int  # index within the epoch
     micro_batches: tuple[Batch, ...]
     global_count: int
+
+
+class TrainLoader(Protocol):
+    @property
+    def steps_per_epoch(self) -> int: ...
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainStep]:
+        """This rank's steps of `epoch` from `start_step`: a pure function of
+        (seed, epoch, the job's shape), which is how a checkpoint resumes mid-epoch."""
+        ...
+
+
+class TrainData(Protocol):
+    """What the trainer reads from any data source: in-memory splits walked by
+    the sharding plan (every rank cuts its part of each global batch of one
+    seeded permutation) or prepared shards streamed per rank. Both give every
+    training sample once per epoch across ranks and the same global count per
+    step on every rank."""
+
+    train: TrainLoader
+    input_shape: tuple[int, ...]
+    num_classes: int
+    train_size: int
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """This rank's disjoint share of a whole evaluation split."""
+        ...
 
 
 class InMemoryLoader:

@@ -177,21 +177,15 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 # ------------------------------------------------------------------ reading
 
-def prepare_names() -> str:
-    from dist_train.data.prepare import SOURCES
-
-    return "NAME: " + ", ".join(SOURCES)
-
-
 def load_manifest(root: Path) -> Manifest:
     root = Path(root)
     if not root.is_dir():
         raise DistTrainError(f"data.path {str(root)!r} is not a directory; prepare a data set there with "
-                             f"`dist-train prepare NAME --out {root}` ({prepare_names()}), or point data.path at one")
+                             f"`dist-train prepare NAME --out {root}` (`dist-train prepare --help` lists the NAMEs), or point data.path at one")
     path = root / "manifest.json"
     if not path.is_file():
         raise DistTrainError(f"data.path {str(root)!r} has no manifest.json, so it is not a prepared data set; prepare "
-                             f"one with `dist-train prepare NAME --out DIR` ({prepare_names()}) and point data.path at it")
+                             f"one with `dist-train prepare NAME --out DIR` and point data.path at it")
     try:
         raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT:

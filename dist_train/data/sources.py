@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dist_train.config import DataConfig
-from dist_train.data.builtin import digits, synthetic
+from dist_train.data.builtin import DIGITS_SHAPE, digits, synthetic
 from dist_train.data.normalization import Normalizer, normalization_stats
 
 
@@ -33,6 +33,11 @@ class Splits:
     test: Split
     input_shape: tuple[int, ...]
     num_classes: int
+
+
+def input_shape_of(cfg: DataConfig) -> tuple[int, ...]:
+    """The shape of one input of an in-memory source, without loading it."""
+    return DIGITS_SHAPE if cfg.source == "digits" else (cfg.num_features,)
 
 
 def build_splits(cfg: DataConfig) -> Splits:

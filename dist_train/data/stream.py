@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dist_train.callbacks import ignore_stop_signals
+from dist_train.stop_request import ignore_stop_signals
+from dist_train.comm import Comm
 from dist_train.config import DataConfig
 from dist_train.data.loader import Batch, TrainStep
 from dist_train.data.normalization import Normalizer
@@ -42,20 +42,9 @@ from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
 
 
-def _agree_on_errors(problems: list[str], env: DistEnv) -> None:
-    """Raise the same DistTrainError on every rank if any rank found a problem."""
-    if env.is_distributed:
-        gathered: list = [None] * env.world_size
-        dist.all_gather_object(gathered, problems)
-        problems = [p for rank_problems in gathered for p in rank_problems]
-    if problems:
-        shown = "\n  ".join(sorted(set(problems))[:10])
-        raise DistTrainError(f"the prepared data set is not usable:\n  {shown}")
-
-
-def open_manifest(path: str, env: DistEnv, verify: bool = True) -> Manifest:
-    """Load the manifest and (when `verify`) check every shard, with every rank
-    reaching the same verdict."""
+def open_manifest(path: str, comm: Comm, verify: bool = True) -> Manifest:
+    """Load the manifest and (when `verify`) check every shard, each rank a
+    share of them, with every rank reaching the same verdict."""
     problems: list[str] = []
     manifest = None
     try:
@@ -64,9 +53,9 @@ def open_manifest(path: str, env: DistEnv, verify: bool = True) -> Manifest:
         problems.append(str(exc))
     if manifest is not None and verify:
         all_shards = [info for split in SPLITS for info in manifest.splits[split]]
-        for info in all_shards[env.rank::env.world_size]:
+        for info in all_shards[comm.rank::comm.world_size]:
             problems += verify_shard(manifest, info)
-    _agree_on_errors(problems, env)
+    comm.agree_on_errors(problems, "the prepared data set is not usable")
     assert manifest is not None
     return manifest
 
@@ -211,11 +200,12 @@ def _rebatch(chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], size: int) -> 
 class ShardData:
     """Prepared shards: a streaming training loader and complete evaluation reads."""
 
-    def __init__(self, cfg: DataConfig, env: DistEnv, per_rank_batch: int, grad_accum_steps: int, seed: int) -> None:
+    def __init__(self, cfg: DataConfig, env: DistEnv, per_rank_batch: int, grad_accum_steps: int, seed: int,
+                 comm: Comm | None = None) -> None:
         if not cfg.path:
             raise DistTrainError("data.source is 'shards' but data.path is empty; set data.path to a directory "
                                  "written by `dist-train prepare`")
-        self.manifest = open_manifest(cfg.path, env, verify=cfg.verify)
+        self.manifest = open_manifest(cfg.path, comm or Comm.of(env), verify=cfg.verify)
         self.env = env
         self.normalize = Normalizer(self.manifest.normalization, self.manifest.input_shape, cfg.normalize,
                                     env.device)
