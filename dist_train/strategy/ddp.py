@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dist_train.distributed import ensure_process_group
 from dist_train.env import DistEnv
 from dist_train.strategy.base import Strategy
+from dist_train.strategy.precision import Precision
 from dist_train.sync_batchnorm import SyncBatchNorm
 
 
@@ -28,12 +28,14 @@ def _no_forward_buffer_sync() -> dict[str, bool]:
 
 
 class DDPStrategy(Strategy):
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv,
+    """Needs a process group (the job's, or a group of one that `dist_train.run` starts)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, env: DistEnv,
                  bucket_cap_mb: float = 25.0) -> None:
-        self.model = model
-        self.optimizer = optimizer
+        self.model, self.optimizer, self.precision = model, optimizer, precision
+        # DDP averages gradients over ranks; the base class's world_size / global_count
+        # scale leaves the gradient of the global mean
         self.world_size = env.world_size
-        ensure_process_group(env)
         # the GPU the env chose (cuda:0 for a task given one GPU, whatever its local rank)
         device_ids = [torch.device(env.device)] if env.device.startswith("cuda") else None
         kwargs = {}
@@ -46,12 +48,7 @@ class DDPStrategy(Strategy):
             model, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb, **kwargs,
         )
 
-    def micro_step(self, sync: bool) -> contextlib.AbstractContextManager:
+    def _accumulating(self, last: bool) -> contextlib.AbstractContextManager:
         # no_sync must cover the forward pass too: DDP decides there whether
         # the coming backward all-reduces.
-        return contextlib.nullcontext() if sync else self.train_model.no_sync()
-
-    def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
-        # DDP averages gradients over ranks (divides their sum by world_size);
-        # scaling by world_size / global_count leaves the gradient of the global mean.
-        self._backward_scaled(loss_sum * (self.world_size / global_count))
+        return contextlib.nullcontext() if last else self.train_model.no_sync()

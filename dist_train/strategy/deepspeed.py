@@ -33,27 +33,20 @@ import torch
 from torch import nn
 
 from dist_train.config import Config
-from dist_train.distributed import ensure_process_group
 from dist_train.env import DistEnv
 from dist_train.errors import ConfigError, DistTrainError
 from dist_train.resolve import Resolved
 from dist_train.strategy.base import StepResult, Strategy
+from dist_train.strategy.precision import Precision
 
 INSTALL_HINT = "pip install 'dist-train[deepspeed]' (or: pip install deepspeed)"
 TAG = "deepspeed"  # the subdirectory of a checkpoint that DeepSpeed's files go to
-#: keys of a DeepSpeed config that our config sets; the raw section may not
-OWNED = {"train_batch_size": "train.global_batch_size", "train_micro_batch_size_per_gpu": "train.grad_accum_steps",
-         "gradient_accumulation_steps": "train.grad_accum_steps", "gradient_clipping": "train.grad_clip_norm",
-         "fp16": "train.precision", "bf16": "train.precision", "scheduler": "schedule (ours is used)"}
-OWNED_ZERO = {"stage": "strategy.zero_stage", "offload_optimizer": "strategy.offload_optimizer",
-              "offload_param": "strategy.offload_params"}
-
-
 def import_deepspeed(device: str = "cpu") -> Any:
-    if device == "cpu":
-        # DeepSpeed picks CUDA wherever a GPU is visible, and would then put each
-        # rank of a CPU job on the GPU of its local rank
-        os.environ["DS_ACCELERATOR"] = "cpu"
+    """DeepSpeed, on the accelerator of `device`. It picks CUDA wherever a GPU is
+    visible and would put each rank of a CPU job on the GPU of its local rank;
+    the CPU accelerator is set after the import (the launcher also sets
+    DS_ACCELERATOR=cpu for such a job). It reads LOCAL_RANK from the
+    environment, which launchers set (`dist-train run` too, for one process)."""
     try:
         import deepspeed
     except ImportError as exc:
@@ -103,15 +96,8 @@ def deepspeed_config(cfg: Config, resolved: Resolved) -> dict[str, Any]:
         # fp16 weights with fp32 running statistics, which its backward refuses
         ds["data_types"] = {"buffer_dtype": "fp16"}
     # bf16 is torch autocast around the forward (fp32 weights), as under DDP
-    raw = copy.deepcopy(dict(s.deepspeed_config))
-    for key, ours in OWNED.items():
-        if key in raw:
-            raise ConfigError(f"strategy.deepspeed_config.{key}", "is derived from our config", f"set {ours} instead")
-    for key, value in raw.pop("zero_optimization", {}).items():
-        if key in OWNED_ZERO:
-            raise ConfigError(f"strategy.deepspeed_config.zero_optimization.{key}", "is derived from our config",
-                              f"set {OWNED_ZERO[key]} instead")
-        zero[key] = value
+    raw = copy.deepcopy(dict(s.deepspeed_config))  # keys we derive were refused when the config was loaded
+    zero.update(raw.pop("zero_optimization", {}))
     ds.update(raw)
     return ds
 
@@ -127,20 +113,19 @@ class _CastInputs(nn.Module):
         return self.module(inputs.to(self.dtype)).float()
 
 
-def _checkpoint_engine_class(deepspeed: Any) -> type:
+def _checkpoint_engine_class() -> type:
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    from dist_train.checkpoint import _save_file
-
     class SafeCheckpointEngine(TorchCheckpointEngine):
-        """Atomic writes with digests for our manifest; loads never unpickle code."""
+        """Writes through the checkpointer's writer (atomic, with digests for our
+        manifest); loads never unpickle code."""
 
         def __init__(self, config_params: Any = None) -> None:
             super().__init__(config_params)
-            self.written: dict[str, dict[str, Any]] = {}
+            self.writer: Any = None  # set for the duration of a save
 
         def save(self, state_dict: Any, path: str) -> None:
-            self.written[str(path)] = _save_file(state_dict, Path(path))
+            self.writer.save(state_dict, Path(path))
 
         def load(self, path: str, map_location: Any = None) -> Any:
             with torch.serialization.safe_globals(_deepspeed_safe_globals()):
@@ -167,22 +152,25 @@ def _deepspeed_safe_globals() -> list:
 
 
 class DeepSpeedStrategy(Strategy):
-    writes_own_files = True
+    """Needs a process group (the job's, or a group of one that `dist_train.run` starts)."""
+
+    writes_files = True
 
     def __init__(self, cfg: Config, env: DistEnv, resolved: Resolved, model: nn.Module,
-                 optimizer: torch.optim.Optimizer) -> None:
+                 optimizer: torch.optim.Optimizer, precision: Precision) -> None:
         deepspeed = import_deepspeed(env.device)
         self.env, self.stage = env, cfg.strategy.zero_stage
-        self.setup_precision("fp32" if cfg.train.precision == "fp16" else cfg.train.precision, env.device)
+        # DeepSpeed's own fp16 (fp16 weights, fp32 masters, its loss scaler) replaces
+        # autocast and torch's scaler; bf16 is autocast around the forward, as under DDP
         self.ds_fp16 = cfg.train.precision == "fp16"
+        self.precision = Precision("fp32", env.device) if self.ds_fp16 else precision
         if self.ds_fp16 and not env.device.startswith("cuda"):
             raise ConfigError("train.precision", "fp16 under DeepSpeed needs a GPU",
                               "use train.precision=bf16 on CPU, or strategy.name=ddp for fp16 autocast")
         ds_config = deepspeed_config(cfg, resolved)
-        dist = torch.distributed
-        ensure_process_group(env)
         # our process group is up: DeepSpeed's comm wraps it
-        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, dist_init_required=False)
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False,
+                                   dist_init_required=False)
         own_optimizer = "optimizer" in ds_config
         if own_optimizer and env.is_rank0:
             print(f"dist-train: using DeepSpeed's optimizer {ds_config['optimizer'].get('type')!r} from "
@@ -192,55 +180,46 @@ class DeepSpeedStrategy(Strategy):
             model=model, optimizer=None if own_optimizer else optimizer, config=ds_config,
             model_parameters=[p for p in model.parameters() if p.requires_grad] if own_optimizer else None,
             dist_init_required=False)
-        engine.checkpoint_engine = _checkpoint_engine_class(deepspeed)(engine._config)
+        engine.checkpoint_engine = _checkpoint_engine_class()(engine._config)
         self.engine, self.train_model, self.model, self.optimizer = engine, engine, engine.module, ds_optimizer
         self.world_size = env.world_size
         self._deepspeed = deepspeed
 
     @property
-    def dynamic_loss_scaling(self) -> bool:
-        return self.ds_fp16
-
-    @property
-    def loss_scale(self) -> float | None:
-        return float(self.optimizer.cur_scale) if self.ds_fp16 else None
-
-    @property
     def eval_model(self) -> nn.Module:
         return _CastInputs(self.model, torch.float16) if self.ds_fp16 else self.model
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.ds_fp16:
-            inputs = inputs.half()
-        with self.autocast():
-            return self.engine(inputs).float()
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super()._forward(inputs.half() if self.ds_fp16 else inputs)
 
-    def micro_step(self, sync: bool):
-        self.engine.set_gradient_accumulation_boundary(sync)
-        return super().micro_step(sync)
+    def _accumulating(self, last: bool) -> contextlib.AbstractContextManager:
+        self.engine.set_gradient_accumulation_boundary(last)
+        return contextlib.nullcontext()
 
-    def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
         # DeepSpeed averages over ranks like DDP; accumulation scaling is ours
-        self.engine.backward(loss_sum * (self.world_size / global_count), scale_wrt_gas=False)
+        self.engine.backward(loss, scale_wrt_gas=False)
 
-    def apply_step(self, grad_clip_norm: float | None) -> StepResult:
+    def step(self, grad_clip_norm: float | None) -> StepResult:
         if self.stage == 0 and not self.ds_fp16:
-            return super().apply_step(grad_clip_norm)  # plain gradients: our norm, clip and guard
+            return super().step(grad_clip_norm)  # plain gradients: our norm, clip and guard
         # ZeRO: the optimizer computes the norm over its partitions, clips, and
         # skips the step when the norm is not finite (an fp16 overflow included)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         norm = torch.tensor(float("nan") if norm is None else float(norm))
-        return StepResult(norm, bool(self.engine.was_step_applied()))
+        applied = bool(self.engine.was_step_applied())
+        scale = float(self.optimizer.cur_scale) if self.ds_fp16 else None
+        return StepResult(norm, applied, overflow=self.ds_fp16 and not applied, loss_scale=scale)
 
-    def optimizer_step(self) -> None:
+    def _optimizer_step(self) -> None:
         self.engine.step()
         self.engine.zero_grad()
 
-    def skip_step(self) -> None:
+    def _skip_step(self) -> None:
         self.engine.zero_grad()
 
-    # ------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------ state
 
     def _gathered(self, modifier_rank: int | None):
         if self.stage < 3:
@@ -258,33 +237,35 @@ class DeepSpeedStrategy(Strategy):
             if self.stage < 3 or self.env.is_rank0:
                 self.model.load_state_dict(state)
 
-    def checkpoint_state(self, is_rank0: bool) -> dict[str, Any]:
-        model = self.model_state_dict()
-        return {"model": model, "optimizer": {"deepspeed": TAG, "zero_stage": self.stage}} if is_rank0 else {}
+    def state_dict(self) -> dict[str, Any]:
+        # the optimizer's partitions are in DeepSpeed's own files
+        return {"deepspeed": TAG, "zero_stage": self.stage}
 
-    def save_own_files(self, path: Path) -> dict[str, Any]:
-        engine = self.engine.checkpoint_engine
-        engine.written = {}
-        self.engine.save_checkpoint(str(path), tag=TAG, client_state={}, save_latest=False)
-        files = {os.path.relpath(p, path): digest for p, digest in engine.written.items()}
-        script = path / TAG / "zero_to_fp32.py"  # DeepSpeed's recovery script: not ours to vouch for
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("deepspeed") != TAG:
+            raise DistTrainError("this checkpoint was not written by the deepspeed strategy; resume it with the "
+                                 "strategy that wrote it, or start afresh with --fresh")
+        saved_stage = int(state.get("zero_stage", -1))
+        if saved_stage != self.stage:
+            raise DistTrainError(f"this checkpoint holds ZeRO stage {saved_stage} state but strategy.zero_stage is "
+                                 f"{self.stage}; resume with strategy.zero_stage={saved_stage}")
+
+    def save_files(self, writer: Any) -> None:
+        self.engine.checkpoint_engine.writer = writer
+        try:
+            self.engine.save_checkpoint(str(writer.directory), tag=TAG, client_state={}, save_latest=False)
+        finally:
+            self.engine.checkpoint_engine.writer = None
+        script = writer.directory / TAG / "zero_to_fp32.py"  # DeepSpeed's recovery script: not ours to vouch for
         if self.env.is_rank0 and script.exists():
             script.unlink()
-        return files
 
-    def restore(self, path: Path, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> None:
-        if optimizer_state.get("deepspeed") != TAG:
-            raise DistTrainError(f"checkpoint {path} was not written by the deepspeed strategy; resume it with the "
-                                 "strategy that wrote it, or start afresh with --fresh")
-        saved_stage = int(optimizer_state.get("zero_stage", -1))
-        if saved_stage != self.stage:
-            raise DistTrainError(f"checkpoint {path} holds ZeRO stage {saved_stage} state but strategy.zero_stage is "
-                                 f"{self.stage}; resume with strategy.zero_stage={saved_stage}")
-        shards = sorted((path / TAG).glob("*optim_states.pt"))
+    def load_files(self, directory: Path) -> None:
+        shards = sorted((directory / TAG).glob("*optim_states.pt"))
         if self.stage > 0 and len(shards) != self.world_size:
-            raise DistTrainError(f"checkpoint {path} holds optimizer state sharded over {len(shards)} workers; "
+            raise DistTrainError(f"checkpoint {directory} holds optimizer state sharded over {len(shards)} workers; "
                                  f"resume it with {len(shards)} workers (this job has {self.world_size})")
-        loaded, _ = self.engine.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True,
+        loaded, _ = self.engine.load_checkpoint(str(directory), tag=TAG, load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
         if loaded is None:
-            raise DistTrainError(f"DeepSpeed could not load its files in {path / TAG}")
+            raise DistTrainError(f"DeepSpeed could not load its files in {directory / TAG}")

@@ -1,4 +1,4 @@
-"""One process, no communication."""
+"""One process, no communication: the base behaviour of every strategy."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import torch
 from torch import nn
 
 from dist_train.strategy.base import Strategy
+from dist_train.strategy.precision import Precision
 
 
 class SingleStrategy(Strategy):
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision) -> None:
         self.model = self.train_model = model
-        self.optimizer = optimizer
-
-    def backward(self, loss_sum: torch.Tensor, global_count: int) -> None:
-        self._backward_scaled(loss_sum * (1.0 / global_count))
+        self.optimizer, self.precision = optimizer, precision
