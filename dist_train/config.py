@@ -389,6 +389,15 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
 
 # -------------------------------------------------------------- validation
 
+#: keys of a DeepSpeed config (strategy.deepspeed_config) that our config sets; the raw section may not
+DEEPSPEED_OWNED = {"train_batch_size": "train.global_batch_size", "train_micro_batch_size_per_gpu": "train.grad_accum_steps",
+         "gradient_accumulation_steps": "train.grad_accum_steps", "gradient_clipping": "train.grad_clip_norm",
+         "fp16": "train.precision", "bf16": "train.precision", "scheduler": "schedule (ours is used)"}
+DEEPSPEED_OWNED_ZERO = {"stage": "strategy.zero_stage", "offload_optimizer": "strategy.offload_optimizer",
+              "offload_param": "strategy.offload_params"}
+
+
+
 def validate(config: Config) -> None:
     """Cross-field and range rules that do not depend on the number of workers."""
     d, m, o, t = config.data, config.model, config.optim, config.train
@@ -476,6 +485,14 @@ def validate(config: Config) -> None:
             if value != default:
                 raise ConfigError(f"strategy.{key}", f"is set but strategy.name is {st.name!r}, which does not read it",
                                   "set strategy.name=deepspeed")
+    for key, ours in DEEPSPEED_OWNED.items():
+        if key in st.deepspeed_config:
+            raise ConfigError(f"strategy.deepspeed_config.{key}", "is derived from our config", f"set {ours} instead")
+    zero_section = st.deepspeed_config.get("zero_optimization", {})
+    for key in zero_section if isinstance(zero_section, dict) else ():
+        if key in DEEPSPEED_OWNED_ZERO:
+            raise ConfigError(f"strategy.deepspeed_config.zero_optimization.{key}", "is derived from our config",
+                              f"set {DEEPSPEED_OWNED_ZERO[key]} instead")
     if st.offload_params != "none" and st.zero_stage != 3:
         raise ConfigError("strategy.offload_params", "needs strategy.zero_stage=3 (only stage 3 shards parameters)")
     if st.offload_optimizer != "none" and st.zero_stage == 0:

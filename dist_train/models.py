@@ -70,15 +70,20 @@ class CNN(nn.Module):
         return self.net(x)
 
 
+def check_model(cfg: ModelConfig, input_shape: tuple[int, ...]) -> None:
+    """What the model needs of the data's shape, checked before any worker starts."""
+    if cfg.name == "cnn" and len(input_shape) != 3:
+        raise ConfigError("model.name", f"cnn needs image inputs (channels, height, width), the data has shape "
+                          f"{input_shape}", "use model.name=mlp for flat features")
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
     """The model named by `cfg.name` for inputs of `input_shape` (without the batch dim)."""
+    check_model(cfg, input_shape)
     if cfg.name == "mlp":
         model: nn.Module = MLP(math.prod(input_shape), cfg.hidden_sizes, num_outputs,
                                cfg.activation, cfg.dropout, cfg.batch_norm)
     elif cfg.name == "cnn":
-        if len(input_shape) != 3:
-            raise ConfigError("model.name", f"cnn needs image inputs (channels, height, width), the data has shape {input_shape}",
-                              "use model.name=mlp for flat features")
         model = CNN(input_shape[0], cfg.channels, num_outputs, cfg.activation, cfg.dropout)
     else:  # Literal in the config makes this unreachable
         raise AssertionError(cfg.name)

@@ -200,13 +200,16 @@ def cmd_run(args: argparse.Namespace, under_launcher: bool = False) -> int:
     from dist_train.config import load_config
     from dist_train.env import DistEnv
     from dist_train.run_lock import lock_path
-    from dist_train.runner import run
+    from dist_train.run import run
     from launcher.elastic import RUN_LOCK_VAR
     from launcher.slurm_env import torch_env_from_slurm
 
     cfg = load_config(args.config, [*args.overrides, *resume_overrides(args)])
     gpus = torch.cuda.device_count() if cfg.dist.device != "cpu" else 0
     os.environ.update(torch_env_from_slurm(os.environ, gpus))  # under srun: SLURM's ranks as torch's
+    os.environ.setdefault("LOCAL_RANK", "0")  # one process: DeepSpeed reads it from the environment
+    if cfg.strategy.name == "deepspeed" and cfg.dist.device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed takes any GPU it sees
     env = DistEnv.from_env(device=cfg.dist.device)
     held = under_launcher and os.environ.get(RUN_LOCK_VAR) == str(lock_path(Path(cfg.run.dir)).resolve())
     return run(cfg, env, take_lock=not held, announce_stop=not under_launcher)
@@ -216,8 +219,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dist_train.config import load_config
-    from dist_train.data import check_data
-    from dist_train.resolve import resolve
+    from dist_train.preflight import check_job
     from dist_train.run_lock import RunDirLock
     from dist_train.start import plan_start
     from launcher.elastic import check_launch_arguments, launch, planned_world_size
@@ -231,8 +233,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     world_size = planned_world_size(args)
     if world_size is None:  # an elastic range or a device-dependent count: the workers check
         return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir)
-    resolved = resolve(cfg, world_size)
-    check_data(cfg, world_size)
+    resolved = check_job(cfg, world_size)
     # One node: this launcher holds the run directory for the whole job, so a
     # second job is refused before it starts a worker. Several nodes: which
     # node holds rank 0 is known only after the rendezvous; rank 0 takes it.
@@ -256,7 +257,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dist_train.report import draw_report
+    from launcher.tools.report import draw_report
 
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report.png"
     print(f"wrote {draw_report([Path(d) for d in args.run_dirs], out)}")
@@ -266,7 +267,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dist_train.export import export_weights
+    from launcher.tools.export import export_weights
 
     checkpoint = export_weights(Path(args.source), Path(args.out), best=args.best)
     print(f"wrote {args.out} from {checkpoint}")
@@ -274,14 +275,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from dist_train.sweep.runner import run_sweep
-    from dist_train.sweep.spec import load_sweep
+    from launcher.tools.sweep.scheduler import run_sweep
+    from launcher.tools.sweep.spec import load_sweep
 
     return run_sweep(load_sweep(args.sweep, args.overrides), retry_failed=args.retry_failed, dry_run=args.dry_run)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from dist_train.checks import run_checks
+    from launcher.tools.check import run_checks
     from dist_train.config import load_config
 
     if args.subset < 2:

@@ -16,6 +16,7 @@ status."""
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 import os
 import re
 import sys
@@ -23,36 +24,42 @@ from pathlib import Path
 
 import torch
 
-from dist_train.callbacks import StopRequest
+from dist_train.stop_request import StopRequest
+from dist_train.strategy import NEED_A_GROUP
 from dist_train.comm import Comm
 from dist_train.config import Config, relevant_dict
-from dist_train.data import check_data
 from dist_train.distributed import process_group
 from dist_train.env import DistEnv
 from dist_train.errors import EXIT_FAILED, EXIT_OK, EXIT_RESUME, TrainingFailed
-from dist_train.resolve import resolve
+from dist_train.parts import Parts, build_parts
+from dist_train.preflight import check_job
+from dist_train.resolve import Resolved
 from dist_train.run_lock import RunDirLock
 from dist_train.start import StartPlan, open_run_dir, plan_start
 from dist_train.tracking import NullTracker, Tracker, WandbSink
 from dist_train.trainer import Trainer
 
+#: how a run gets its parts: `build_parts`, or a test's wrapper around it
+BuildParts = Callable[[Config, DistEnv, Resolved, Comm], Parts]
 
-def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer, take_lock: bool = True,
+
+def run(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_lock: bool = True,
         announce_stop: bool = True) -> int:
-    """`take_lock`: False when the launcher that started this worker holds the
-    run directory's lock for the job. `announce_stop`: False when the launcher
-    reports a stop itself."""
-    resolved = resolve(cfg, env.world_size)  # raises before any process group starts
+    """`build`: how the parts are made (tests wrap `build_parts`). `take_lock`:
+    False when the launcher that started this worker holds the run directory's
+    lock for the job. `announce_stop`: False when the launcher reports a stop
+    itself."""
+    resolved = check_job(cfg, env.world_size)  # config, data and model mistakes, before any process group starts
     if env.device == "cpu" and env.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         # several CPU workers on one machine must not each spawn one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(env.local_world_size, 1)))
     stop = StopRequest()
     try:
-        with process_group(env, cfg.dist.timeout_s) as peers:
+        with process_group(env, cfg.dist.timeout_s, group_of_one=resolved.strategy in NEED_A_GROUP) as peers:
             # only now: until the loop runs, a signal must end the process as usual
             stop.install()
             try:
-                return _run(cfg, env, resolved, stop, trainer_class, take_lock, announce_stop)
+                return _run(cfg, env, resolved, stop, build, take_lock, announce_stop)
             except RuntimeError as exc:
                 if _is_lost_peer(exc):
                     who = f": {peers.roll_call()}" if peers is not None else ""
@@ -68,10 +75,9 @@ def run(cfg: Config, env: DistEnv, trainer_class: type[Trainer] = Trainer, take_
         stop.uninstall()
 
 
-def _run(cfg: Config, env: DistEnv, resolved, stop: StopRequest, trainer_class: type[Trainer], take_lock: bool,
+def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build: BuildParts, take_lock: bool,
          announce_stop: bool) -> int:
     comm = Comm.of(env)
-    check_data(cfg, env.world_size)  # the data's own message first (a missing data set is not a config change)
     run_dir = Path(cfg.run.dir)
     lock = RunDirLock(run_dir, "dist-train run") if take_lock and env.is_rank0 else None
     committed = False
@@ -81,20 +87,19 @@ def _run(cfg: Config, env: DistEnv, resolved, stop: StopRequest, trainer_class: 
             if env.is_rank0:
                 print(plan.finished_line(run_dir), flush=True)
             return EXIT_OK
-        trainer = trainer_class(cfg, env, resolved, run_dir=run_dir, stop=stop)
+        trainer = Trainer(cfg, env, resolved, build(cfg, env, resolved, comm), comm, run_dir=run_dir, stop=stop)
         if plan.checkpoint is not None:
             trainer.restore(plan.checkpoint)
         tracker: Tracker = NullTracker()
 
-        def commit() -> str | None:
+        def commit() -> None:
             nonlocal tracker
             open_run_dir(cfg)
             tracker = _rank0_tracker(cfg, run_dir, plan)
-            return tracker.run_id
 
-        run_id = comm.rank0_then_share(commit)
+        comm.rank0_then_share(commit)
         committed = True
-        trainer.attach_tracker(tracker, run_id)
+        trainer.attach_tracker(tracker)
         if plan.checkpoint is not None:
             if env.is_rank0:
                 print(plan.resume_line(), flush=True)

@@ -1,0 +1,18 @@
+"""Every check that needs no process group and no worker: the config against
+the job's shape, the data, and the model against the data. `dist-train run`
+runs it before it starts the process group; `launch`, `slurm submit` and
+`sweep` before they start anything, so a mistake is one line and exit
+status 2 instead of a traceback per worker."""
+
+from __future__ import annotations
+
+from dist_train.config import Config
+from dist_train.data import check_data
+from dist_train.models import check_model
+from dist_train.resolve import Resolved, resolve
+
+
+def check_job(cfg: Config, world_size: int) -> Resolved:
+    resolved = resolve(cfg, world_size)
+    check_model(cfg.model, check_data(cfg, world_size))
+    return resolved
