@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from dist_train.checkpoint import (MANIFEST, apply_retention, find_latest_valid, list_checkpoints, rng_state,
-                                   set_rng_state, verify_checkpoint)
+from dist_train.checkpoint import MANIFEST, apply_retention, find_latest_valid, list_checkpoints, verify_checkpoint
+from dist_train.rng import rng_state, set_rng_state
 from dist_train.config import load_config
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
-from dist_train.runner import run
+from dist_train.run import run
 from tests.conftest import REPO
 from tests.multiproc import run_workers
 
@@ -129,12 +129,22 @@ def test_retention_keeps_the_last_k_and_the_best(tmp_path):
 SAVER = """
 import sys, torch
 from pathlib import Path
-from dist_train.checkpoint import save_checkpoint
+from dist_train.checkpoint import CheckpointParts, Checkpointer
+from dist_train.comm import Comm
 from dist_train.env import DistEnv
-model = {"w": torch.randn(2_000_000)}  # 8 MB: a save takes a moment
+
+class Part:
+    def __init__(self, state): self.state = state
+    def state_dict(self): return self.state
+    def load_state_dict(self, state): self.state = state
+
+model, trainer = Part({"w": torch.randn(2_000_000)}), Part({"step": 0})  # 8 MB: a save takes a moment
+checkpointer = Checkpointer(Path(sys.argv[1]), Comm(), DistEnv(), 60.0, keep_last=1000)
 for step in range(1, 1000):
     print(f"saving {step}", flush=True)
-    save_checkpoint(Path(sys.argv[1]), step, DistEnv(), {"model": model, "trainer": {"step": step}}, {"r": step}, {})
+    trainer.state = {"step": step}
+    checkpointer.save(step, CheckpointParts({"model.pt": model, "trainer.pt": trainer}, {"r": Part({"r": step})}), {})
+    checkpointer.wait()
 """
 
 

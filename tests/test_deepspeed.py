@@ -6,6 +6,7 @@ clear message when DeepSpeed is not installed."""
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -17,10 +18,10 @@ from dist_train.checkpoint import find_latest_valid, verify_checkpoint
 from dist_train.config import load_config
 from dist_train.errors import ConfigError
 from dist_train.resolve import resolve
-from dist_train.runner import run
+from dist_train.run import run
 from dist_train.trainer import Trainer
 from tests.multiproc import run_workers, to_numpy, worker_pids
-from tests.test_resume import VOLATILE, stopping_trainer
+from tests.test_resume import VOLATILE, sigterm_at
 
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install -e '.[deepspeed]'")
 
@@ -34,14 +35,14 @@ STAGES = [0, 1, 2, 3]
 
 def final_weights(env, overrides):
     cfg = load_config(None, BASE + overrides)
-    trainer = Trainer(cfg, env, resolve(cfg, env.world_size))
+    trainer = Trainer.build(cfg, env)
     trainer.fit()
     return to_numpy(trainer.strategy.model_state_dict())  # gathered under ZeRO-3
 
 
 def every_stage(env, accum):
     cfg = load_config(None, BASE + ["strategy.name=ddp"])
-    init = to_numpy(Trainer(cfg, env, resolve(cfg, env.world_size)).strategy.model_state_dict())
+    init = to_numpy(Trainer.build(cfg, env).strategy.model_state_dict())
     ddp = final_weights(env, ["strategy.name=ddp"])
     return init, ddp, {stage: final_weights(env, ["strategy.name=deepspeed", f"strategy.zero_stage={stage}",
                                             f"train.grad_accum_steps={accum}"]) for stage in STAGES}
@@ -100,7 +101,7 @@ def stop_and_resume(env, root, stage):
     whole, broken = Path(root) / f"whole-{stage}", Path(root) / f"broken-{stage}"
     overrides = RESUME + [f"strategy.zero_stage={stage}"]
     assert run(load_config(None, overrides + [f"run.dir={whole}"]), env) == 0
-    assert run(load_config(None, overrides + [f"run.dir={broken}"]), env, stopping_trainer(10)) == 75
+    assert run(load_config(None, overrides + [f"run.dir={broken}"]), env, sigterm_at(10)) == 75
     assert run(load_config(None, overrides + [f"run.dir={broken}"]), env) == 0
     return str(whole), str(broken)
 
@@ -169,21 +170,31 @@ print(sum(p.numel() for p in model.parameters()))
 # ------------------------------------------------------------ configuration
 
 def test_raw_deepspeed_section_cannot_set_what_our_config_owns():
+    """Refused when the config is loaded, so `launch` refuses it before any worker starts."""
     from dist_train.strategy.deepspeed import deepspeed_config
 
-    cfg = load_config(None, BASE + ["strategy.name=deepspeed", "strategy.deepspeed_config={gradient_clipping: 1.0}"])
-    with pytest.raises(ConfigError, match="train.grad_clip_norm"):
-        deepspeed_config(cfg, resolve(cfg, 2))
-    cfg = load_config(None, BASE + ["strategy.name=deepspeed",
-                                    "strategy.deepspeed_config={zero_optimization: {stage: 3}}"])
-    with pytest.raises(ConfigError, match="strategy.zero_stage"):
-        deepspeed_config(cfg, resolve(cfg, 2))
+    with pytest.raises(ConfigError, match="strategy.deepspeed_config.gradient_clipping.*set train.grad_clip_norm"):
+        load_config(None, BASE + ["strategy.name=deepspeed", "strategy.deepspeed_config={gradient_clipping: 1.0}"])
+    with pytest.raises(ConfigError, match="zero_optimization.stage.*set strategy.zero_stage"):
+        load_config(None, BASE + ["strategy.name=deepspeed", "strategy.deepspeed_config={zero_optimization: {stage: 3}}"])
     cfg = load_config(None, BASE + ["strategy.name=deepspeed", "strategy.zero_stage=1", "train.grad_accum_steps=2",
                                     "strategy.deepspeed_config={zero_optimization: {reduce_bucket_size: 1000}}"])
     ds = deepspeed_config(cfg, resolve(cfg, 2))
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (32, 8, 2)
     assert ds["zero_optimization"] == {"stage": 1, "reduce_bucket_size": 1000}
     assert ds["gradient_clipping"] == 0.5
+
+
+def test_a_deepspeed_key_conflict_given_to_launch_exits_2_before_any_worker_starts(tmp_path):
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "launcher", "launch", "--nproc-per-node", "2", "configs/cpu_test.yaml",
+                           "strategy.name=deepspeed", "strategy.deepspeed_config={train_batch_size: 64}",
+                           f"run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 10
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("dist-train: error: config key 'strategy.deepspeed_config.train_batch_size': is "
+                                   "derived from our config (hint: set train.global_batch_size instead)")
+    assert proc.stdout == "" and not (tmp_path / "run").exists()  # no worker started, nothing written
 
 
 def test_deepspeed_keys_without_the_deepspeed_strategy_are_refused():

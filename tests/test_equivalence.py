@@ -31,7 +31,7 @@ CASES = {
 
 def train_weights(env: DistEnv, overrides: list[str]) -> dict:
     cfg = load_config(None, BASE + overrides)
-    result = Trainer(cfg, env, resolve(cfg, env.world_size)).fit()
+    result = Trainer.build(cfg, env).fit()
     return {k: v.detach().clone() for k, v in result.model.state_dict().items()}
 
 
@@ -60,16 +60,14 @@ def test_two_workers_match_one_process_for_every_optimizer(single_process, accum
 def micro_step_gradients(env: DistEnv) -> dict:
     """Gradients after a micro-step that must not communicate, then after one that must."""
     cfg = load_config(None, BASE)
-    trainer = Trainer(cfg, env, resolve(cfg, env.world_size))
+    trainer = Trainer.build(cfg, env)
     strategy = trainer.strategy
     x = torch.full((4, 12), float(env.rank + 1))  # different data on each rank
     y = torch.zeros(4, dtype=torch.long)
     weight = strategy.model.net[1].weight
-    with strategy.micro_step(sync=False):
-        strategy.backward(trainer.loss_fn(strategy.train_model(x), y), 8)
+    strategy.micro_batch(x, y, trainer.loss_fn, 8, last=False)
     after_no_sync = weight.grad.clone()
-    with strategy.micro_step(sync=True):
-        strategy.backward(trainer.loss_fn(strategy.train_model(x), y), 8)
+    strategy.micro_batch(x, y, trainer.loss_fn, 8, last=True)
     return {"no_sync": after_no_sync, "sync": weight.grad.clone()}
 
 
@@ -79,16 +77,23 @@ def test_accumulation_skips_the_all_reduce_until_the_last_micro_batch():
     assert np.array_equal(r0["sync"], r1["sync"])  # the last micro-batch all-reduced everything
 
 
-def ddp_in_one_process(env: DistEnv) -> dict:
+def ddp_in_one_process(env: DistEnv, run_dir: str) -> dict:
     import torch.distributed as dist
 
-    assert not dist.is_initialized()  # no launcher: the strategy must start its own group of one
-    return train_weights(env, CASES["adam"] + ["strategy.name=ddp"])
+    from dist_train.run import run
+
+    assert not dist.is_initialized()  # no launcher: the run must start a group of one for DDP
+    cfg = load_config(None, BASE + CASES["adam"] + ["strategy.name=ddp", f"run.dir={run_dir}", "wandb.mode=disabled"])
+    assert run(cfg, env) == 0
+    assert not dist.is_initialized()  # and destroy it again
+    from dist_train.checkpoint import find_latest_valid
+
+    return torch.load(find_latest_valid(run_dir).path / "model.pt", weights_only=True)
 
 
-def test_strategy_ddp_in_a_single_process_trains_like_single(single_process):
+def test_strategy_ddp_in_a_single_process_trains_like_single(single_process, tmp_path):
     """`dist-train run` (one process, no launcher) with strategy.name=ddp: DDP
     gets a process group of one and ends where the single strategy ends."""
-    (result,) = run_workers(ddp_in_one_process, 1, timeout_s=120)
+    (result,) = run_workers(ddp_in_one_process, 1, str(tmp_path), timeout_s=120)
     for key, value in single_process["adam"].items():
         assert np.max(np.abs(result[key] - value)) <= 1e-6, key

@@ -45,7 +45,7 @@ def nan_worker(env, mode, run_dir, strategy=()):
              if any(17 in m.tolist() for s in ShardedBatchPlan(len(splits.train), 32, env.world_size, r, 0).epoch(0)
                     for m in s.micro_indices)]
     tracker = Tracker(Path(run_dir), console=None) if env.is_rank0 else None
-    trainer = Trainer(cfg, env, resolved, tracker, data=data, run_dir=Path(run_dir))
+    trainer = Trainer.build(cfg, env, data=data, tracker=tracker, run_dir=Path(run_dir))
     try:
         result = trainer.fit()
         outcome = ("finished", result.steps)
@@ -88,7 +88,7 @@ def test_nan_steps_can_be_skipped(tmp_path, strategy):
 
 REPEAT = """
 import os, signal
-from dist_train.callbacks import StopRequest
+from dist_train.stop_request import StopRequest
 stop = StopRequest().install()
 os.kill(os.getpid(), signal.SIGUSR1)   # SLURM's notice to every process of the step
 os.kill(os.getpid(), signal.SIGUSR1)   # and torchrun passing it on: the same notice
@@ -177,12 +177,12 @@ def test_a_lost_peer_ends_the_job_with_a_clear_message_instead_of_hanging(tmp_pa
 # ------------------------------------------------------------ a different number of workers
 
 def resize_worker(env, run_dir, stop_after):
-    from dist_train.runner import run
-    from tests.test_resume import stopping_trainer
+    from dist_train.run import run
+    from tests.test_resume import sigterm_at
 
     cfg = load_config(f"{REPO}/configs/cpu_test.yaml", [f"run.dir={run_dir}", "checkpoint.every_steps=4",
                                                         "train.stop_check_every_steps=1", "schedule.name=cosine"])
-    return run(cfg, env, stopping_trainer(stop_after) if stop_after else Trainer)
+    return run(cfg, env, sigterm_at(stop_after)) if stop_after else run(cfg, env)
 
 
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])

@@ -24,7 +24,7 @@ def test_cuda_training_matches_cpu_training():
     for device in ("cpu", "cuda"):
         cfg = load_config(None, overrides + [f"dist.device={device}"])
         env = DistEnv.from_env({}, device=device)
-        model = Trainer(cfg, env, resolve(cfg, 1)).fit().model
+        model = Trainer.build(cfg, env).fit().model
         results[device] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     for key, value in results["cpu"].items():
         assert torch.allclose(value, results["cuda"][key], atol=1e-4), key
@@ -42,7 +42,7 @@ def precision_accuracies(env, config):
                     continue
             cfg = load_config(config, ["run.progress=false", "wandb.mode=disabled", "dist.device=cuda",
                                        f"strategy.name={strategy}", f"train.precision={precision}"])
-            out[(strategy, precision)] = Trainer(cfg, env, resolve(cfg, env.world_size)).fit().test["accuracy"]
+            out[(strategy, precision)] = Trainer.build(cfg, env).fit().test["accuracy"]
     return out
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from dist_train.comm import Comm
 from dist_train.config import ModelConfig
 from dist_train.data.loader import eval_shard
 from dist_train.data.sources import Split
@@ -25,7 +26,7 @@ def fixture_model_and_split():
 
 def eval_worker(env: DistEnv, batch_size: int) -> dict:
     model, split = fixture_model_and_split()
-    return evaluate(model, eval_shard(split, env, batch_size), build_loss("cross_entropy"), env)
+    return evaluate(model, eval_shard(split, env, batch_size), build_loss("cross_entropy"), Comm.of(env), env.device)
 
 
 def reference() -> dict:

@@ -14,10 +14,12 @@ from dist_train.config import load_config
 from dist_train.env import DistEnv
 from dist_train.errors import ConfigError
 from dist_train.resolve import resolve
-from dist_train.runner import run
+from dist_train.run import run
+from dist_train.parts import build_parts
+from dist_train.strategy import Precision
 from dist_train.trainer import Trainer
 from tests.multiproc import run_workers
-from tests.test_resume import final_state, stopping_trainer
+from tests.test_resume import final_state, sigterm_at
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS = ["run.progress=false", "train.epochs=12", "wandb.mode=disabled", "dist.device=cpu"]
@@ -26,7 +28,7 @@ DIGITS = ["run.progress=false", "train.epochs=12", "wandb.mode=disabled", "dist.
 def test_accuracy(env, precision, strategy):
     cfg = load_config(REPO / "configs/quickstart.yaml", DIGITS + [f"train.precision={precision}",
                                                                    f"strategy.name={strategy}"])
-    result = Trainer(cfg, env, resolve(cfg, env.world_size)).fit()
+    result = Trainer.build(cfg, env).fit()
     return result.test["accuracy"]
 
 
@@ -62,7 +64,7 @@ SMALL = ["data.source=synthetic", "data.num_samples=600", "data.num_features=12"
 def test_fp16_loss_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert run(load_config(None, SMALL + [f"run.dir={whole}"]), DistEnv()) == 0
-    assert run(load_config(None, SMALL + [f"run.dir={broken}"]), DistEnv(), stopping_trainer(10)) == 75
+    assert run(load_config(None, SMALL + [f"run.dir={broken}"]), DistEnv(), sigterm_at(10)) == 75
     assert run(load_config(None, SMALL + [f"run.dir={broken}"]), DistEnv()) == 0
     a, b = final_state(whole), final_state(broken)
     for key, value in a["model"].items():
@@ -70,20 +72,20 @@ def test_fp16_loss_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
     assert a["events"] == b["events"]
     from dist_train.checkpoint import find_latest_valid
 
-    scaler = torch.load(find_latest_valid(broken).path / "trainer.pt", weights_only=True)["optimizer"]["scaler"]
+    scaler = torch.load(find_latest_valid(broken).path / "trainer.pt", weights_only=True)["strategy"]["scaler"]
     assert scaler["scale"] == 65536.0 and scaler["_growth_tracker"] == 21  # 21 steps without an overflow
 
 
-class HugeInitialScale(Trainer):
-    """A loss scale of 2^24: the first fp16 backward passes overflow (fp16 tops out at 65504)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.strategy.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+def huge_initial_scale(cfg, env, resolved, comm):
+    """Parts whose loss scale starts at 2^24: the first fp16 backward passes
+    overflow (fp16 tops out at 65504)."""
+    parts = build_parts(cfg, env, resolved, comm)
+    parts.strategy.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    return parts
 
 
 def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path):
-    assert run(load_config(None, SMALL + ["train.epochs=6", f"run.dir={tmp_path}"]), DistEnv(), HugeInitialScale) == 0
+    assert run(load_config(None, SMALL + ["train.epochs=6", f"run.dir={tmp_path}"]), DistEnv(), huge_initial_scale) == 0
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in records if r["event"] == "skipped_step"]
     assert skipped and all(r["reason"] == "fp16 overflow" for r in skipped)
@@ -99,4 +101,4 @@ def test_fp16_under_deepspeed_on_cpu_is_refused_with_the_alternatives():
 
     cfg = load_config(None, SMALL + ["strategy.name=deepspeed"])
     with pytest.raises(ConfigError, match="train.precision=bf16"):
-        DeepSpeedStrategy(cfg, DistEnv(), resolve(cfg, 1), torch.nn.Linear(2, 2), None)
+        DeepSpeedStrategy(cfg, DistEnv(), resolve(cfg, 1), torch.nn.Linear(2, 2), None, Precision("fp16", "cpu"))

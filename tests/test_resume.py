@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from dist_train.callbacks import EXIT_RESUME
+from dist_train.errors import EXIT_RESUME
 from dist_train.checkpoint import find_latest_valid
 from dist_train.config import load_config
 from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.env import DistEnv
-from dist_train.runner import run
-from dist_train.trainer import Trainer
+from dist_train.run import run
+from dist_train.parts import build_parts
 from tests.multiproc import run_workers
 
 STEPS_PER_EPOCH = 7  # 420 training samples / global batch 64 -> 6 full steps and one of 36
@@ -36,15 +36,33 @@ def overrides(run_dir, data, accum):
     return base + ["data.source=shards", f"data.path={data}", "data.loader_workers=1"]
 
 
-def stopping_trainer(stop_after: int):
-    class StopAfter(Trainer):
-        """Raises a real SIGTERM in this process (rank 0) after `stop_after` steps."""
+class SignalAt:
+    """A training loader that sends this process a real SIGTERM as it hands out
+    step `at` (counted over the run, from a fresh start): the trainer trains that
+    step, then finds the stop request at its stop check."""
 
-        def train_step(self, step):
-            super().train_step(step)
-            if self.global_step + 1 == stop_after and self.env.rank == 0:
+    def __init__(self, loader, at: int, signal_here: bool) -> None:
+        self.loader, self.at, self.signal_here, self.handed = loader, at, signal_here, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.loader.steps_per_epoch
+
+    def epoch(self, epoch, start_step=0):
+        for step in self.loader.epoch(epoch, start_step):
+            self.handed += 1
+            if self.handed == self.at and self.signal_here:
                 os.kill(os.getpid(), signal.SIGTERM)
-    return StopAfter
+            yield step
+
+
+def sigterm_at(steps: int):
+    """Parts (for `run(..., build=...)`) whose rank 0 gets a real SIGTERM during step `steps`."""
+    def build(cfg, env, resolved, comm):
+        parts = build_parts(cfg, env, resolved, comm)
+        parts.data.train = SignalAt(parts.data.train, steps, env.rank == 0)
+        return parts
+    return build
 
 
 def final_state(run_dir):
@@ -55,15 +73,15 @@ def final_state(run_dir):
               for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     # the interrupted run has its own extra checkpoint, stop and resume records
     events = [e for e in events if e["event"] not in ("resume", "stop", "checkpoint")]
-    return {"model": model, "optimizer": trainer["optimizer"]["optimizer"]["state"], "events": events,
-            "step": trainer["progress"]["global_step"]}
+    return {"model": model, "optimizer": trainer["strategy"]["optimizer"]["state"], "events": events,
+            "step": trainer["state"]["global_step"]}
 
 
 def one_job(env, root, data, accum, stop_after):
     """The uninterrupted run, and the same run stopped after `stop_after` steps then resumed."""
     whole, broken = Path(root) / f"whole-{data != 'memory'}-{accum}", Path(root) / f"broken-{data != 'memory'}-{accum}-{stop_after}"
     assert run(load_config(None, overrides(whole, data, accum)), env) == 0
-    status = run(load_config(None, overrides(broken, data, accum)), env, stopping_trainer(stop_after))
+    status = run(load_config(None, overrides(broken, data, accum)), env, sigterm_at(stop_after))
     assert status == EXIT_RESUME
     assert run(load_config(None, overrides(broken, data, accum)), env) == 0
     return {"whole": final_state(whole), "resumed": final_state(broken)}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dist_train.comm import Comm
 from dist_train.config import DataConfig, load_config
 from dist_train.data.normalization import Normalizer
 from dist_train.data.prepare import PrepareOptions, prepare
@@ -277,7 +278,7 @@ def test_bad_shards_are_named_before_training(tmp_path, kind):
     indexed_dataset(tmp_path / "ds")
     name = corrupt(kind, tmp_path / "ds")
     with pytest.raises(DistTrainError) as info:
-        open_manifest(str(tmp_path / "ds"), DistEnv())
+        open_manifest(str(tmp_path / "ds"), Comm())
     assert name in str(info.value) and BAD[kind] in str(info.value)
 
 
@@ -301,7 +302,7 @@ def test_missing_directory_and_manifest(tmp_path):
 
 def verify_worker(env, path):
     try:
-        open_manifest(path, env)
+        open_manifest(path, Comm.of(env))
     except DistTrainError as exc:
         return str(exc)
     return None
@@ -322,7 +323,7 @@ def test_training_on_shards_matches_the_in_memory_accuracy_band(tmp_path):
     for source in ("digits", "shards"):
         extra = [f"data.path={tmp_path / 'digits'}", "data.loader_workers=0"] if source == "shards" else []
         cfg = load_config(f"{REPO}/configs/quickstart.yaml", [f"data.source={source}", "train.epochs=20", *extra])
-        accuracies[source] = Trainer(cfg, DistEnv(), resolve(cfg, 1)).fit().test["accuracy"]
+        accuracies[source] = Trainer.build(cfg, DistEnv()).fit().test["accuracy"]
     assert accuracies["digits"] >= 0.94 and accuracies["shards"] >= 0.94
     assert abs(accuracies["digits"] - accuracies["shards"]) <= 0.02
 

@@ -16,7 +16,7 @@ import yaml
 from dist_train.config import load_config
 from dist_train.env import DistEnv
 from dist_train.resolve import resolve
-from dist_train.runner import run
+from dist_train.run import run
 from tests.conftest import REPO
 
 SMALL = ["data.source=synthetic", "data.num_samples=300", "data.num_features=8", "data.num_classes=3",
@@ -84,10 +84,10 @@ def test_two_worker_job_is_one_wandb_run_equal_to_metrics_jsonl(tmp_path):
 
 
 def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
-    from tests.test_resume import stopping_trainer
+    from tests.test_resume import sigterm_at
 
     assert run(load_config(None, [*SMALL, f"run.dir={tmp_path}", "checkpoint.every_steps=4"]), DistEnv(),
-               stopping_trainer(10)) == 75
+               sigterm_at(10)) == 75
     first_lines = len(metrics(tmp_path))
     assert run(load_config(None, [*SMALL, f"run.dir={tmp_path}", "checkpoint.every_steps=4"]), DistEnv()) == 0
     first, second = offline_runs(tmp_path)
@@ -226,9 +226,9 @@ def test_the_progress_bar_moves_every_step_even_when_no_record_is_written(tmp_pa
     tracker = Tracker(tmp_path, console=io.StringIO(), progress=True)
     drawn = io.StringIO()
     tracker.progress = Progress(drawn)
-    trainer = Trainer(cfg, DistEnv(), resolve(cfg, 1), tracker)
+    trainer = Trainer.build(cfg, DistEnv(), tracker=tracker)
     trainer.train_epoch()
-    assert tracker.progress.steps == trainer.train_loader.steps_per_epoch == 7
+    assert tracker.progress.steps == trainer.data.train.steps_per_epoch == 7
     assert "step" in drawn.getvalue()  # and the bar was drawn
     assert [json.loads(line)["event"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == ["lr"]
 

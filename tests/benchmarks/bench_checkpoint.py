@@ -54,13 +54,13 @@ def main() -> int:
         cfg = load_config(None, [f"model.hidden_sizes={hidden}", "train.global_batch_size=128", "dist.device=cpu",
                                  f"run.dir={root}", "checkpoint.keep_last=1", "checkpoint.keep_best=false"])
         data = InMemoryData(Splits(split, split, split, (1, 28, 28), 10), env, 128, 1, 0, False)
-        trainer = Trainer(cfg, env, resolve(cfg, 1), data=data, run_dir=root)
-        steps = iter(trainer.train_loader.epoch(0))
+        trainer = Trainer.build(cfg, env, data=data, run_dir=root)
+        steps = iter(trainer.data.train.epoch(0))
 
         def one_step():
             start = time.perf_counter()
             trainer.train_step(next(steps))
-            trainer.global_step += 1
+            trainer.state.global_step += 1
             return time.perf_counter() - start
 
         one_step()  # warm-up; creates the optimizer state

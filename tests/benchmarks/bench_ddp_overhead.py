@@ -80,7 +80,7 @@ def worker(args: argparse.Namespace) -> None:
                          f"train.global_batch_size={B}", "dist.device=cpu"]
             cfg = load_config(None, overrides)
             data = InMemoryData(splits, env, B, 1, cfg.train.seed, drop_last=False)
-            trainer = Trainer(cfg, env, resolve(cfg, env.world_size), data=data)
+            trainer = Trainer.build(cfg, env, data=data)
 
             torch.manual_seed(0)
             model = build_model(cfg.model, (784,), 10)
@@ -106,7 +106,7 @@ def worker(args: argparse.Namespace) -> None:
                 return samples / (time.perf_counter() - start)
 
             def dist_train_epoch(epoch: int) -> int:
-                trainer.epoch, trainer.step_in_epoch = epoch, 0
+                trainer.state.epoch, trainer.state.step_in_epoch = epoch, 0
                 return trainer.train_epoch()
 
             hand, ours = [], []

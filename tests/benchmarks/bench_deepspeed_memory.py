@@ -91,23 +91,23 @@ def measure(env, overrides, steps):
     cfg = load_config(None, ["data.source=synthetic", "data.num_samples=1000", "data.num_features=784",
                              "data.num_classes=10", f"model.hidden_sizes={HIDDEN}", "optim.name=adam",
                              "train.global_batch_size=64", "dist.device=cpu", "data.normalize=none", *overrides])
-    trainer = Trainer(cfg, env, resolve(cfg, env.world_size))
+    trainer = Trainer.build(cfg, env)
     params = sum(p.numel() for p in trainer.strategy.model.parameters())
     if cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3:
         params = sum(p.ds_numel for p in trainer.strategy.model.parameters())
-    batches = iter(trainer.train_loader.epoch(0, 0))
+    batches = iter(trainer.data.train.epoch(0, 0))
     peak = {}
-    apply_step = trainer.strategy.apply_step
+    plain_step = trainer.strategy.step
 
     def measured_step(clip):  # the peak of the step: gradients reduced, optimizer state alive
         if "bytes" not in peak:
             peak["bytes"], peak["oversized"] = live_tensor_bytes(trainer.strategy.model, 8 * params)
-        return apply_step(clip)
+        return plain_step(clip)
 
     trainer.train_step(next(batches))  # warm-up: optimizer state and buffers exist from here
-    trainer.strategy.apply_step = measured_step
+    trainer.strategy.step = measured_step
     trainer.train_step(next(batches))
-    trainer.strategy.apply_step = apply_step
+    trainer.strategy.step = plain_step
     dist.barrier()
     start = time.perf_counter()
     for _ in range(steps):

@@ -73,7 +73,7 @@ def main() -> int:
             tracker = Tracker(None, console=None)
         trackers.append(tracker)
         data = InMemoryData(Splits(split, split, split, (784,), 10), env, 64, 1, 0, False)
-        trainers[name] = Trainer(cfg, env, resolve(cfg, 1), tracker, data=data)
+        trainers[name] = Trainer.build(cfg, env, data=data, tracker=tracker)
     rates: dict[str, list[float]] = {name: [] for name in trainers}
     for name in trainers:  # warm-up
         trainers[name].train_epoch()
@@ -81,11 +81,11 @@ def main() -> int:
     for r in range(args.rounds):
         for name in (list(trainers) if r % 2 == 0 else list(trainers)[::-1]):
             trainer = trainers[name]
-            trainer.epoch += 1
+            trainer.state.epoch += 1
             start = time.perf_counter()
             samples = trainer.train_epoch()
             rates[name].append(samples / (time.perf_counter() - start))
-            trainer.step_in_epoch = 0
+            trainer.state.step_in_epoch = 0
     for tracker in trackers:
         tracker.close()
     spread = statistics.median(abs(a / b - 1) for a, b in zip(rates["off"][1:], rates["off"][:-1]))

@@ -96,12 +96,12 @@ def consumption_worker(out: str, samples: int) -> None:
             cfg = load_config(None, [f"model.hidden_sizes={hidden}", f"train.global_batch_size={GLOBAL_BATCH}",
                                      "dist.device=cpu", "model.dropout=0.2"])
             data = InMemoryData(splits, env, GLOBAL_BATCH, 1, 0, False)
-            trainer = Trainer(cfg, env, resolve(cfg, env.world_size), data=data)
+            trainer = Trainer.build(cfg, env, data=data)
             rates = []
             for epoch in range(4):
                 dist.barrier()
                 start = time.perf_counter()
-                trainer.epoch, trainer.step_in_epoch = epoch, 0
+                trainer.state.epoch, trainer.state.step_in_epoch = epoch, 0
                 n = trainer.train_epoch()
                 dist.barrier()
                 rates.append(n / (time.perf_counter() - start))
