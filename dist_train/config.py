@@ -25,16 +25,27 @@ from dist_train.errors import ConfigError, DistTrainError
 Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "selu"]
 Init = Literal["gaussian", "xavier_uniform", "glorot_uniform", "kaiming", "orthogonal"]
 OptimizerName = Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"]
-LossName = Literal["cross_entropy", "binary_cross_entropy", "mse"]
+# cross_entropy and binary_cross_entropy: class targets; mse: real-valued targets
+# (on class targets: against one-hot vectors); l1 and huber: real-valued targets
+LossName = Literal["cross_entropy", "binary_cross_entropy", "mse", "l1", "huber"]
+# validation metrics: loss for every task; accuracy for classes; mse, mae and r2 for real values
+Monitored = Literal["val_loss", "val_accuracy", "val_mse", "val_mae", "val_r2"]
 
 
 @dataclass(frozen=True)
 class DataConfig:
     # digits: scikit-learn's 8x8 digits in memory; synthetic: Gaussian blobs in
-    # memory; shards: a directory written by `dist-train prepare` (data.path)
-    source: Literal["digits", "synthetic", "shards"] = "digits"
+    # memory; breast_cancer, wine (classes) and diabetes (a real value):
+    # scikit-learn's tabular sets in memory; shards: a directory written by
+    # `dist-train prepare` (data.path); custom: map-style datasets made by
+    # data.class_path(**data.init_args)
+    source: Literal["digits", "synthetic", "breast_cancer", "wine", "diabetes", "shards", "custom"] = "digits"
     path: str = ""
-    loader_workers: int = 1  # DataLoader processes per rank reading shards (0: the main process)
+    # custom: a function (or class) returning the train, validation and test datasets:
+    # "package.module.name", or "file.py:name" relative to the config file
+    class_path: str = ""
+    init_args: dict = field(default_factory=dict)
+    loader_workers: int = 1  # DataLoader processes per rank reading shards or a custom dataset (0: the main process)
     shuffle_buffer: int = 4096  # samples shuffled together by each shard reader
     verify: bool = True  # check every shard's size, checksum and blocks before training
     val_fraction: float = 0.15
@@ -55,6 +66,12 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: Literal["mlp", "cnn"] = "mlp"
+    # a model of your own instead of mlp/cnn: a class or function building an
+    # nn.Module, "package.module.Name" or "file.py:Name" relative to the config
+    # file, called with init_args (and input_shape, num_classes or num_outputs
+    # when its signature asks for them)
+    class_path: str = ""
+    init_args: dict = field(default_factory=dict)
     hidden_sizes: tuple[int, ...] = (64,)
     activation: Activation = "relu"
     dropout: float = 0.0
@@ -116,7 +133,7 @@ class ScheduleConfig:
     factor: float = 0.5
     patience: int = 2
     threshold: float = 1e-4
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    monitor: Monitored = "val_loss"
     # linear scaling rule (Goyal et al. 2017): lr x global_batch_size / reference_batch_size
     scale_lr: bool = False
     reference_batch_size: int = 256
@@ -125,7 +142,7 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
     enabled: bool = False
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    monitor: Monitored = "val_loss"
     mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses, max for accuracies
     patience: int = 5
     min_delta: float = 0.0
@@ -138,7 +155,7 @@ class CheckpointConfig:
     every_epochs: int = 1  # 0: not by epochs
     keep_last: int = 3
     keep_best: bool = True  # also keep the best checkpoint by `monitor`
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    monitor: Monitored = "val_loss"
 
 
 @dataclass(frozen=True)
@@ -205,7 +222,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """Read a YAML file (or start from defaults when path is None), apply
     `a.b=value` overrides, check types and values, and return the frozen tree."""
     raw = read_yaml_mapping(path, "a mapping of sections (data:, model:, ...)", "configs/quickstart.yaml") if path is not None else {}
-    return config_from_dict(raw, overrides)
+    return config_from_dict(raw, overrides, base_dir=Path(path).resolve().parent if path is not None else None)
 
 
 def read_yaml_mapping(path: str | Path, what: str, example: str) -> dict[str, Any]:
@@ -225,14 +242,31 @@ def read_yaml_mapping(path: str | Path, what: str, example: str) -> dict[str, An
     return loaded
 
 
-def config_from_dict(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config tree from a plain mapping (left untouched) plus `a.b=value` overrides."""
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
+                     base_dir: Path | None = None) -> Config:
+    """The config tree from a plain mapping (left untouched) plus `a.b=value`
+    overrides. A class_path naming a file ("nets.py:Net") is made absolute
+    against `base_dir` (the config file's directory; default: the current one),
+    so every worker, on every node, finds the same file."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         _apply_override(raw, item)
     config = build_section(Config, raw)
+    config = _absolute_class_paths(config, base_dir or Path.cwd())
     validate(config)
     return config
+
+
+def _absolute_class_paths(config: Config, base_dir: Path) -> Config:
+    def absolute(class_path: str) -> str:
+        if ":" not in class_path:
+            return class_path  # a dotted import path
+        file, name = class_path.rsplit(":", 1)
+        return f"{(base_dir / file).resolve()}:{name}" if file else class_path
+
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, class_path=absolute(config.model.class_path)),
+        data=dataclasses.replace(config.data, class_path=absolute(config.data.class_path)))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -442,6 +476,15 @@ def validate(config: Config) -> None:
     _positive("data.num_samples", d.num_samples)
     _at_least("data.loader_workers", d.loader_workers, 0)
     _positive("data.shuffle_buffer", d.shuffle_buffer)
+    _check_class_path("data", d.class_path, d.init_args, needed=d.source == "custom",
+                      hint="set data.source=custom to use data.class_path")
+    _check_class_path("model", m.class_path, m.init_args)
+    if m.class_path:
+        builtin = ModelConfig()
+        for key in ("name", "hidden_sizes", "activation", "dropout", "batch_norm", "init", "init_std", "channels"):
+            if getattr(m, key) != getattr(builtin, key):
+                raise ConfigError(f"model.{key}", "is set but model.class_path builds the model, which never reads it",
+                                  f"pass it to your model in model.init_args, or remove model.class_path")
     if d.source == "shards" and not d.path:
         raise ConfigError("data.path", "is empty but data.source is 'shards'",
                           "prepare shards with `dist-train prepare digits --out data/prepared/digits` and set data.path to that directory")
@@ -500,6 +543,21 @@ def validate(config: Config) -> None:
     if st.name == "deepspeed" and st.zero_stage == 3 and es.enabled and es.restore_best:
         raise ConfigError("early_stopping.restore_best", "is not supported with strategy.zero_stage=3 (the weights "
                           "are sharded)", "keep the best checkpoint instead: checkpoint.keep_best=true (the default)")
+
+
+def _check_class_path(section: str, class_path: str, init_args: dict, needed: bool = False, hint: str = "") -> None:
+    if needed and not class_path:
+        raise ConfigError(f"{section}.class_path", "is empty but data.source is 'custom'",
+                          "name the function returning your train, validation and test datasets, e.g. "
+                          "data.class_path=mydata.py:make_splits")
+    if class_path and section == "data" and not needed:
+        raise ConfigError(f"{section}.class_path", "is set but data.source is not 'custom'", hint)
+    if init_args and not class_path:
+        raise ConfigError(f"{section}.init_args", f"is set but {section}.class_path is empty, so nothing reads it",
+                          f"name what to call in {section}.class_path")
+    if class_path and not re.fullmatch(r"[\w.]+|[^:]+\.py:\w+", class_path):
+        raise ConfigError(f"{section}.class_path", f"{class_path!r} is neither an import path nor a file and a name",
+                          "use package.module.Name, or file.py:Name (relative to the config file)")
 
 
 def _positive(key: str, value: float) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from dist_train.config import ModelConfig
 from dist_train.errors import ConfigError
+from dist_train.user_code import call_with, resolve_callable
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -70,15 +71,33 @@ class CNN(nn.Module):
         return self.net(x)
 
 
-def check_model(cfg: ModelConfig, input_shape: tuple[int, ...]) -> None:
-    """What the model needs of the data's shape, checked before any worker starts."""
-    if cfg.name == "cnn" and len(input_shape) != 3:
+def check_model(cfg: ModelConfig, input_shape: tuple[int, ...] | None) -> None:
+    """What can be checked of the model before any worker starts: a class_path
+    that imports; a built-in network's needs of the data's shape (when known)."""
+    if cfg.class_path:
+        resolve_callable("model.class_path", cfg.class_path)
+        return
+    if cfg.name == "cnn" and input_shape is not None and len(input_shape) != 3:
         raise ConfigError("model.name", f"cnn needs image inputs (channels, height, width), the data has shape "
                           f"{input_shape}", "use model.name=mlp for flat features")
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    """The model named by `cfg.name` for inputs of `input_shape` (without the batch dim)."""
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int,
+                task: str = "classification") -> nn.Module:
+    """The model for inputs of `input_shape` (without the batch dim): a user's
+    (`cfg.class_path`, called with init_args, and with input_shape and
+    num_classes or num_outputs when it asks; its own initialization), or the
+    built-in one named by `cfg.name`."""
+    if cfg.class_path:
+        offered = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
+        if task == "classification":
+            offered["num_classes"] = num_outputs
+        model = call_with("model.class_path", resolve_callable("model.class_path", cfg.class_path), cfg.init_args,
+                          offered)
+        if not isinstance(model, nn.Module):
+            raise ConfigError("model.class_path", f"{cfg.class_path} returned a {type(model).__name__}, not a torch "
+                              "nn.Module")
+        return model
     check_model(cfg, input_shape)
     if cfg.name == "mlp":
         model: nn.Module = MLP(math.prod(input_shape), cfg.hidden_sizes, num_outputs,
@@ -89,6 +108,36 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int
         raise AssertionError(cfg.name)
     init_weights(model, cfg.init, cfg.activation, cfg.init_std)
     return model
+
+
+def check_outputs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: str, num_outputs: int,
+                  key: str = "model") -> None:
+    """One forward pass of a few samples: the outputs must fit the targets
+    (a score per class, or one value per target value), before the first step."""
+    was_training = model.training
+    model.eval()  # no batch statistics from two samples, no dropout
+    try:
+        with torch.no_grad():
+            outputs = model(inputs)
+    except Exception as exc:
+        raise ConfigError(key, f"the model's forward pass on inputs of shape {tuple(inputs.shape)} failed: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                          "make the model take a batch of inputs of the data's shape") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(outputs, torch.Tensor):
+        raise ConfigError(key, f"the model returned a {type(outputs).__name__}, not a tensor of outputs")
+    n = len(inputs)
+    if task == "classification":
+        want, what = (n, num_outputs), f"one score per class ({num_outputs} classes)"
+    else:
+        want, what = (n, num_outputs), f"one value per target value ({num_outputs})"
+        if num_outputs == 1 and tuple(outputs.shape) == (n,):
+            want = (n,)
+    if tuple(outputs.shape) != want:
+        raise ConfigError(key, f"the model's outputs have shape {tuple(outputs.shape)} for a batch of {n}, but the "
+                          f"targets need {want}: {what}", "give the model's last layer "
+                          f"{num_outputs} outputs (it may ask for num_classes or num_outputs)")
 
 
 def init_weights(model: nn.Module, scheme: str, activation: str, std: float = 0.01) -> None:

@@ -5,20 +5,27 @@ subclassing the trainer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from torch import nn
 
 from dist_train.comm import Comm
 from dist_train.config import Config
 from dist_train.data import TrainData, build_data
 from dist_train.env import DistEnv
 from dist_train.losses import LossFn, build_loss
-from dist_train.models import build_model
+from dist_train.models import build_model, check_outputs
 from dist_train.optim import build_optimizer
 from dist_train.resolve import Resolved
 from dist_train.rng import rank_seed, seed_everything
 from dist_train.schedules import LRSchedule
 from dist_train.strategy import Strategy, build_strategy
 from dist_train.sync_batchnorm import convert_sync_batchnorm
+from dist_train.tasks import check_task
+
+#: how the Python API hands in a model of its own: (config, data) -> nn.Module
+ModelFactory = Callable[[Config, TrainData], nn.Module]
 
 
 @dataclass
@@ -30,14 +37,20 @@ class Parts:
 
 
 def build_parts(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None = None,
-                data: TrainData | None = None) -> Parts:
-    """Data (unless given), model, synchronized batch norm, optimizer, strategy,
-    LR schedule and loss, in that order."""
+                data: TrainData | None = None, model_factory: ModelFactory | None = None) -> Parts:
+    """Data (unless given), model (from the config, or `model_factory(cfg,
+    data)`), synchronized batch norm, optimizer, strategy, LR schedule and
+    loss, in that order. One forward pass checks the model's outputs against
+    the targets first."""
     data = data if data is not None else build_data(cfg, env, resolved, comm)
+    check_task(cfg, data.task)  # a custom source's task is known only now
     # Same seed on every rank for the weights (DDP also broadcasts rank 0's),
     # then a per-rank stream for dropout and anything else random.
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, data.input_shape, data.num_classes).to(env.device)
+    model = (model_factory or _config_model)(cfg, data).to(env.device)
+    example = data.example_batch()
+    check_outputs(model, example.inputs, example.targets, data.task, data.num_outputs,
+                  "model.class_path" if cfg.model.class_path else "model")
     if cfg.model.sync_batchnorm:
         model = convert_sync_batchnorm(model, env)
     strategy = build_strategy(cfg, env, resolved, model, build_optimizer(cfg.optim, model))
@@ -46,4 +59,8 @@ def build_parts(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, resolved.global_batch_size, total)
-    return Parts(data, strategy, schedule, build_loss(cfg.train.loss))
+    return Parts(data, strategy, schedule, build_loss(cfg.train.loss, data.task))
+
+
+def _config_model(cfg: Config, data: TrainData) -> nn.Module:
+    return build_model(cfg.model, data.input_shape, data.num_outputs, data.task)

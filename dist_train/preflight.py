@@ -10,9 +10,13 @@ from dist_train.config import Config
 from dist_train.data import check_data
 from dist_train.models import check_model
 from dist_train.resolve import Resolved, resolve
+from dist_train.tasks import check_task
 
 
 def check_job(cfg: Config, world_size: int) -> Resolved:
     resolved = resolve(cfg, world_size)
-    check_model(cfg.model, check_data(cfg, world_size))
+    facts = check_data(cfg, world_size)
+    check_model(cfg.model, facts.input_shape)
+    if facts.task is not None:  # a custom source tells only when built (dist_train.parts checks it then)
+        check_task(cfg, facts.task)
     return resolved

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from dataclasses import dataclass
 import os
 import re
 import sys
@@ -37,18 +38,30 @@ from dist_train.resolve import Resolved
 from dist_train.run_lock import RunDirLock
 from dist_train.start import StartPlan, open_run_dir, plan_start
 from dist_train.tracking import NullTracker, Tracker, WandbSink
-from dist_train.trainer import Trainer
+from dist_train.trainer import FitResult, Trainer
 
 #: how a run gets its parts: `build_parts`, or a test's wrapper around it
 BuildParts = Callable[[Config, DistEnv, Resolved, Comm], Parts]
 
 
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    result: FitResult | None = None  # None: the run had finished before; nothing was done
+
+
 def run(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_lock: bool = True,
         announce_stop: bool = True) -> int:
-    """`build`: how the parts are made (tests wrap `build_parts`). `take_lock`:
-    False when the launcher that started this worker holds the run directory's
-    lock for the job. `announce_stop`: False when the launcher reports a stop
-    itself."""
+    """The job's exit status (see `run_job`)."""
+    return run_job(cfg, env, build, take_lock, announce_stop).exit_code
+
+
+def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_lock: bool = True,
+            announce_stop: bool = True) -> Outcome:
+    """`build`: how the parts are made (tests and the Python API wrap
+    `build_parts`). `take_lock`: False when the launcher that started this
+    worker holds the run directory's lock for the job. `announce_stop`: False
+    when the launcher reports a stop itself."""
     resolved = check_job(cfg, env.world_size)  # config, data and model mistakes, before any process group starts
     if env.device == "cpu" and env.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         # several CPU workers on one machine must not each spawn one thread per core
@@ -76,7 +89,7 @@ def run(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_lock: b
 
 
 def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build: BuildParts, take_lock: bool,
-         announce_stop: bool) -> int:
+         announce_stop: bool) -> Outcome:
     comm = Comm.of(env)
     run_dir = Path(cfg.run.dir)
     lock = RunDirLock(run_dir, "dist-train run") if take_lock and env.is_rank0 else None
@@ -86,7 +99,7 @@ def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build
         if plan.finished:
             if env.is_rank0:
                 print(plan.finished_line(run_dir), flush=True)
-            return EXIT_OK
+            return Outcome(EXIT_OK)
         trainer = Trainer(cfg, env, resolved, build(cfg, env, resolved, comm), comm, run_dir=run_dir, stop=stop)
         if plan.checkpoint is not None:
             trainer.restore(plan.checkpoint)
@@ -123,8 +136,8 @@ def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build
         if env.is_rank0 and announce_stop:
             print(f"dist-train: stopped on request ({result.stopped_by}); checkpoint saved at step {result.steps}. Run "
                   f"the same command again to resume (exit status {EXIT_RESUME}).", file=sys.stderr, flush=True)
-        return EXIT_RESUME
-    return EXIT_OK
+        return Outcome(EXIT_RESUME, result)
+    return Outcome(EXIT_OK, result)
 
 
 def _plan(cfg: Config, resolved, lock: RunDirLock | None) -> StartPlan:

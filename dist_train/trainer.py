@@ -33,6 +33,7 @@ from dist_train.resolve import Resolved, resolve
 from dist_train.rng import RankStreams
 from dist_train.stop_request import StopRequest
 from dist_train.strategy import StrategyWeights
+from dist_train.tasks import METRICS
 from dist_train.tracking import NullTracker, Tracker
 from dist_train.train_state import TrainState
 
@@ -133,7 +134,7 @@ class Trainer:
         if self.early_stopping.restore(self.strategy.model):
             tracker.log("restore_best", epoch=self.early_stopping.best_epoch, best=self.early_stopping.best)
         test = self.evaluate("test")
-        tracker.log("test", step=s.global_step, test_loss=test["loss"], test_accuracy=test["accuracy"])
+        tracker.log("test", step=s.global_step, **self._named("test", test))
         s.finished, s.early_stopped = True, early_stopped
         self.save_checkpoint()  # the end of the run (marked finished)
         self.wait_for_checkpoint()
@@ -210,8 +211,7 @@ class Trainer:
     def end_of_epoch(self, samples: int, seconds: float) -> bool:
         """Validation, LR plateau, early stopping, the epoch record; True to stop early."""
         s = self.state
-        val = self.evaluate("val")
-        s.last_val = {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+        s.last_val = self._named("val", self.evaluate("val"))
         if self.schedule.end_of_epoch(s.last_val):
             self.tracker.log("lr_reduced", epoch=s.epoch, step=s.global_step,
                              lr=self.schedule.lr(s.global_step, s.epoch + 1))
@@ -222,8 +222,8 @@ class Trainer:
         if self.cfg.early_stopping.enabled:
             extra = {"early_stopping_best": self.early_stopping.best, "early_stopping_bad_epochs": self.early_stopping.bad_epochs}
         self.tracker.log("epoch", epoch=s.epoch, step=s.global_step,
-                         train_loss=self.running_loss.mean("epoch", self.comm),
-                         val_loss=val["loss"], val_accuracy=val["accuracy"], lr=self.schedule.lr(s.global_step, s.epoch),
+                         train_loss=self.running_loss.mean("epoch", self.comm), **s.last_val,
+                         lr=self.schedule.lr(s.global_step, s.epoch),
                          epoch_seconds=round(seconds, 4), samples_per_s=samples / seconds if seconds > 0 else float("nan"),
                          **{f"best_{self.logged.metric}": s.best_monitored}, **extra)
         s.epoch += 1
@@ -232,7 +232,12 @@ class Trainer:
 
     def evaluate(self, split_name: str) -> dict[str, float]:
         batches = self.data.eval_batches(split_name, EVAL_BATCH_SIZE)
-        return evaluate(self.strategy.eval_model, batches, self.loss_fn, self.comm, self.env.device)
+        return evaluate(self.strategy.eval_model, batches, self.loss_fn, self.comm, self.env.device, self.data.task,
+                        self.data.num_outputs)
+
+    def _named(self, split: str, metrics: dict[str, float]) -> dict[str, float]:
+        """val_loss, val_accuracy (or val_mse, val_mae, val_r2), ... for records and monitors."""
+        return {f"{split}_{name}": metrics[name] for name in ("loss", *METRICS[self.data.task])}
 
     # ------------------------------------------------------------ decisions
 

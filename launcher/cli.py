@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "each node with --nnodes N --rdzv-endpoint HOST:PORT --rdzv-id JOB.",
     )
     add_launch_arguments(p_launch)
-    p_launch.add_argument("config", metavar="CONFIG", help="YAML run config")
-    p_launch.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    p_launch.add_argument("config", metavar="CONFIG|SCRIPT.py",
+                          help="YAML run config, or a Python script that calls dist_train.fit")
+    p_launch.add_argument("overrides", metavar="KEY=VALUE|ARG", nargs="*",
+                          help=OVERRIDES_HELP + " (for a script: its own arguments; put -- before ones starting with -)")
     add_resume_arguments(p_launch)
     p_prep = sub.add_parser(
         "prepare", help="write a data set as train/validation/test shards with a manifest",
@@ -227,6 +229,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
     # Everything that can be checked here is, before any worker starts: one
     # clear line and exit status 2 instead of a traceback per worker.
     check_launch_arguments(args)
+    if args.config.endswith(".py"):  # a script calling dist_train.fit: its own config, checked by its workers
+        if not Path(args.config).is_file():
+            raise DistTrainError(f"script {args.config!r} does not exist")
+        if args.fresh or args.resume:
+            raise DistTrainError("--fresh and --resume are for a config; a script sets run.resume in its own config")
+        return launch(args, args.config, args.overrides, run_dir=None, worker="launcher.script_worker")
     overrides = [*args.overrides, *resume_overrides(args)]
     cfg = load_config(args.config, overrides)
     run_dir = Path(cfg.run.dir)

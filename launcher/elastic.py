@@ -85,7 +85,8 @@ def planned_world_size(args: argparse.Namespace) -> int | None:
     return nproc * nnodes
 
 
-def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str]) -> list[str]:
+def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str],
+                  worker: str = "launcher.worker") -> list[str]:
     from launcher.stop_signals import TORCH_HANDLES
 
     argv = ["--nproc-per-node", str(args.nproc_per_node), "--nnodes", str(args.nnodes),
@@ -109,7 +110,7 @@ def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str]) -
         argv += ["--rdzv-conf", args.rdzv_conf]
     if args.local_addr is not None:
         argv += ["--local-addr", args.local_addr]
-    return argv + ["-m", "launcher.worker", config, *overrides]
+    return argv + ["-m", worker, config, *overrides]
 
 
 def rendezvous_endpoint(args: argparse.Namespace) -> tuple[str, int] | None:
@@ -215,10 +216,13 @@ def write_worker_status(code: int) -> None:
 
 
 def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_s: float = 120.0,
-           run_dir: Path = Path("runs/default"), lock_path: Path | None = None) -> int:
+           run_dir: Path | None = Path("runs/default"), lock_path: Path | None = None,
+           worker: str = "launcher.worker") -> int:
     """Start the workers and wait for them; returns the launcher's exit status.
     `lock_path`: the run directory's lock, held by this process for the job
-    (the workers then do not take it again)."""
+    (the workers then do not take it again). `worker`: the module each worker
+    runs (a script's runner for `launch script.py`; its run directory is then
+    not known here: run_dir None)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
@@ -243,7 +247,7 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
     expected = int(args.nproc_per_node) if str(args.nproc_per_node).isdigit() else None
     signals = LauncherSignals(live_children).install()
     try:
-        torchrun_main(torchrun_argv(args, config, overrides))
+        torchrun_main(torchrun_argv(args, config, overrides, worker))
     except SignalException as exc:
         # torch's agent passed the signal on to the workers and waited for them
         return report_stop(exc.sigval.name, worker_statuses(status_dir), expected, run_dir)

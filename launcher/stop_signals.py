@@ -74,15 +74,21 @@ class LauncherSignals:
         raise StopNow(signum)
 
 
-def report_stop(signame: str | None, statuses: dict[int, int], expected_workers: int | None, run_dir: Path) -> int:
+def report_stop(signame: str | None, statuses: dict[int, int], expected_workers: int | None,
+                run_dir: Path | None) -> int:
     """Say how the stop went and return the launcher's exit status: 75 (resume
-    me) only when every worker saved and the newest checkpoint verifies."""
+    me) only when every worker saved and the newest checkpoint verifies.
+    `run_dir` None: a script's job, whose run directory is its own business."""
     from dist_train.checkpoint import find_latest_valid
 
-    latest = find_latest_valid(run_dir, warn=lambda message: None)
+    latest = find_latest_valid(run_dir, warn=lambda message: None) if run_dir is not None else None
     asked = f"stopped by {signame}" if signame else "the workers stopped on request"
     all_saved = bool(statuses) and all(c == EXIT_RESUME for c in statuses.values()) and (
         expected_workers is None or len(statuses) == expected_workers)
+    if all_saved and run_dir is None:
+        print(f"dist-train launch: {asked}; every worker saved a checkpoint and stopped. Run the same command to "
+              "resume.", file=sys.stderr, flush=True)
+        return EXIT_RESUME
     if all_saved and latest is not None:
         print(f"dist-train launch: {asked}; checkpoint saved at step {latest.global_step} ({latest.path}). Run the "
               f"same command to resume.", file=sys.stderr, flush=True)
@@ -96,10 +102,10 @@ def report_stop(signame: str | None, statuses: dict[int, int], expected_workers:
     return 128 + int(signum) if signum is not None else 1
 
 
-def report_stop_now(signum: int, run_dir: Path) -> int:
+def report_stop_now(signum: int, run_dir: Path | None) -> int:
     from dist_train.checkpoint import find_latest_valid
 
-    latest = find_latest_valid(run_dir, warn=lambda message: None)
+    latest = find_latest_valid(run_dir, warn=lambda message: None) if run_dir is not None else None
     newest = (f"the newest checkpoint is step {latest.global_step} ({latest.path})" if latest is not None
               else "there is no checkpoint yet")
     print(f"dist-train launch: {signal.Signals(signum).name} again: the workers were stopped at once without "

@@ -6,20 +6,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from dist_train.comm import Comm
 from dist_train.config import Config
 from dist_train.data.loader import Batch, InMemoryData, InMemoryLoader, TrainData, TrainStep, eval_shard
 from dist_train.data.sampler import ShardedBatchPlan
-from dist_train.data.sources import Splits, build_splits, input_shape_of
+from dist_train.data.sources import Splits, build_splits, input_shape_of, task_of
 from dist_train.env import DistEnv
 from dist_train.resolve import Resolved
 
 
-def check_data(cfg: Config, world_size: int) -> tuple[int, ...]:
+@dataclass(frozen=True)
+class DataFacts:
+    """What is known of a data set before it is read: the shape of one input
+    and the task, when the source tells (None: only the data itself will)."""
+
+    input_shape: tuple[int, ...] | None
+    task: str | None
+
+
+def check_data(cfg: Config, world_size: int) -> DataFacts:
     """The data mistakes that can be found without reading the samples (a
-    missing data set, shards that do not divide among the readers), for a
-    launcher to refuse the job before it starts any worker. Returns the shape
-    of one input, for checking the model against it."""
+    missing data set, shards that do not divide among the readers, a custom
+    source that does not import), for a launcher to refuse the job before it
+    starts any worker."""
     d = cfg.data
     if d.source == "shards":
         from dist_train.data.shards import load_manifest
@@ -27,21 +39,34 @@ def check_data(cfg: Config, world_size: int) -> tuple[int, ...]:
 
         manifest = load_manifest(d.path)
         check_shard_readers(manifest, world_size, d.loader_workers)
-        return manifest.input_shape
-    return input_shape_of(d)
+        return DataFacts(manifest.input_shape, manifest.task)
+    if d.source == "custom":
+        from dist_train.data.custom import KEY
+        from dist_train.user_code import resolve_callable
+
+        resolve_callable(KEY, d.class_path)
+        return DataFacts(None, None)
+    return DataFacts(input_shape_of(d), task_of(d))
 
 
-def build_data(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None = None) -> TrainData:
+def build_data(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None = None,
+               splits: Any = None) -> TrainData:
     """The data this rank trains and evaluates on; `comm`: how ranks agree on
-    a broken data set (default: the job's)."""
+    a broken data set (default: the job's); `splits`: the train, validation
+    and test datasets of a custom source, when the caller has them already
+    (the Python API)."""
     d = cfg.data
     if d.source == "shards":
         from dist_train.data.stream import ShardData
 
         return ShardData(d, env, resolved.per_rank_batch_size, resolved.grad_accum_steps, cfg.train.seed, comm)
+    if d.source == "custom" or splits is not None:
+        from dist_train.data.custom import CustomData, check_splits, make_splits
+
+        splits = check_splits(splits, "the data given") if splits is not None else make_splits(d)
+        return CustomData(splits, d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed)
     return InMemoryData(build_splits(d), env, resolved.global_batch_size, resolved.grad_accum_steps,
                         cfg.train.seed, d.drop_last)
 
-
 __all__ = ["Batch", "InMemoryData", "InMemoryLoader", "ShardedBatchPlan", "Splits", "build_data", "build_splits", "check_data",
-           "eval_shard", "TrainData", "TrainStep"]
+           "DataFacts", "eval_shard", "TrainData", "TrainStep"]

@@ -16,9 +16,32 @@ DIGITS_SHAPE = (1, 8, 8)
 @dataclass(frozen=True)
 class RawSet:
     inputs: np.ndarray  # (N, *input_shape), not normalized: uint8 pixels (digits), float32 features (synthetic)
-    targets: np.ndarray  # int64 class indices (N,)
+    targets: np.ndarray  # int64 class indices (N,), or float32 real values (N,) for a regression set
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int  # 0 for a regression set
+    task: str = "classification"  # or "regression"
+
+
+#: scikit-learn's small tabular sets, shipped with the package (no download):
+#: name -> (loader name, number of features, task)
+TABULAR = {"breast_cancer": ("load_breast_cancer", 30, "classification"),
+           "wine": ("load_wine", 13, "classification"),
+           "diabetes": ("load_diabetes", 10, "regression")}
+
+
+def tabular(name: str) -> RawSet:
+    """breast_cancer (569 tumours, 30 measurements, benign or malignant), wine
+    (178 wines, 13 chemical measurements, 3 cultivars) or diabetes (442
+    patients, 10 measurements, a real-valued disease progression a year later,
+    25 to 346), as scikit-learn ships them."""
+    import sklearn.datasets
+
+    loader, features, task = TABULAR[name]
+    bunch = getattr(sklearn.datasets, loader)()
+    inputs = bunch.data.astype(np.float32)
+    if task == "regression":
+        return RawSet(inputs, bunch.target.astype(np.float32), (features,), 0, task)
+    return RawSet(inputs, bunch.target.astype(np.int64), (features,), int(bunch.target.max()) + 1, task)
 
 
 def digits() -> RawSet:

@@ -49,11 +49,18 @@ class TrainData(Protocol):
 
     train: TrainLoader
     input_shape: tuple[int, ...]
-    num_classes: int
+    task: str  # "classification" (class index targets) or "regression" (real values)
+    num_classes: int  # 0 for regression
+    num_outputs: int  # what the model outputs per sample: a score per class, or one value per target
     train_size: int
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         """This rank's disjoint share of a whole evaluation split."""
+        ...
+
+    def example_batch(self) -> Batch:
+        """A few samples, the same on every rank: one forward pass checks that
+        the model's outputs fit the targets before the first step."""
         ...
 
 
@@ -87,6 +94,7 @@ class InMemoryData:
                  drop_last: bool) -> None:
         self.splits, self.env = splits, env
         self.input_shape, self.num_classes = splits.input_shape, splits.num_classes
+        self.task, self.num_outputs = splits.task, splits.num_outputs
         self.train_size = len(splits.train)
         plan = ShardedBatchPlan(len(splits.train), global_batch_size, env.world_size, env.rank, seed,
                                 grad_accum_steps, drop_last)
@@ -94,6 +102,11 @@ class InMemoryData:
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         return eval_shard(getattr(self.splits, split), self.env, batch_size)
+
+    def example_batch(self) -> Batch:
+        """The first samples of the validation split (the same on every rank)."""
+        val = self.splits.val
+        return Batch(val.inputs[:2].to(self.env.device), val.targets[:2].to(self.env.device))
 
 
 def eval_shard(split: Split, env: DistEnv, batch_size: int) -> Iterator[Batch]:

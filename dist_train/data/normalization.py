@@ -11,6 +11,8 @@ so manifests already on disk keep their meaning.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 
@@ -32,6 +34,28 @@ def normalization_stats(train_inputs: np.ndarray) -> Stats:
     flat = x.reshape(len(x), -1)
     return {"per_channel": per_channel,
             "per_feature": {"mean": flat.mean(axis=0).tolist(), "std": flat.std(axis=0).tolist()}}
+
+
+def streamed_stats(chunks: Iterable[np.ndarray], input_shape: tuple[int, ...]) -> Stats:
+    """`normalization_stats` over a training split read in chunks (a user's
+    dataset that does not fit in memory at once): float64 sums of x and x^2 per
+    feature, pooled per channel the same way."""
+    count, total, squares = 0, 0.0, 0.0
+    for chunk in chunks:
+        x = chunk.astype(np.float64).reshape(len(chunk), -1)
+        count, total, squares = count + len(x), total + x.sum(0), squares + (x * x).sum(0)
+    total, squares = np.asarray(total, dtype=np.float64), np.asarray(squares, dtype=np.float64)
+
+    def mean_std(sums: np.ndarray, sq: np.ndarray, n: int) -> tuple[list[float], list[float]]:
+        mean = sums / n
+        return mean.tolist(), np.sqrt(np.maximum(sq / n - mean * mean, 0.0)).tolist()
+
+    channels = input_shape[0] if len(input_shape) >= 2 else 1
+    per_position = total.size // channels
+    c_mean, c_std = mean_std(total.reshape(channels, -1).sum(1), squares.reshape(channels, -1).sum(1),
+                             count * per_position)
+    f_mean, f_std = mean_std(total, squares, count)
+    return {"per_channel": {"mean": c_mean, "std": c_std}, "per_feature": {"mean": f_mean, "std": f_std}}
 
 
 class Normalizer:

@@ -13,14 +13,14 @@ import numpy as np
 import torch
 
 from dist_train.config import DataConfig
-from dist_train.data.builtin import DIGITS_SHAPE, digits, synthetic
+from dist_train.data.builtin import DIGITS_SHAPE, TABULAR, digits, synthetic, tabular
 from dist_train.data.normalization import Normalizer, normalization_stats
 
 
 @dataclass(frozen=True)
 class Split:
     inputs: torch.Tensor  # float32, (N, *input_shape)
-    targets: torch.Tensor  # int64 class indices, (N,)
+    targets: torch.Tensor  # int64 class indices (N,), or float32 real values (N,) or (N, K)
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -32,12 +32,29 @@ class Splits:
     val: Split
     test: Split
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int  # 0 for real-valued targets
+    task: str = "classification"  # or "regression"
+
+    @property
+    def num_outputs(self) -> int:
+        """What the model must output per sample: a score per class, or one value per target."""
+        return self.num_classes if self.task == "classification" else int(np.prod(self.train.targets.shape[1:]))
 
 
 def input_shape_of(cfg: DataConfig) -> tuple[int, ...]:
     """The shape of one input of an in-memory source, without loading it."""
-    return DIGITS_SHAPE if cfg.source == "digits" else (cfg.num_features,)
+    if cfg.source == "digits":
+        return DIGITS_SHAPE
+    if cfg.source in TABULAR:
+        return (TABULAR[cfg.source][1],)
+    return (cfg.num_features,)
+
+
+def task_of(cfg: DataConfig) -> str | None:
+    """classification or regression for a built-in source; None when only the data knows."""
+    if cfg.source in TABULAR:
+        return TABULAR[cfg.source][2]
+    return "classification" if cfg.source in ("digits", "synthetic") else None
 
 
 def build_splits(cfg: DataConfig) -> Splits:
@@ -45,9 +62,11 @@ def build_splits(cfg: DataConfig) -> Splits:
         raw = digits()
     elif cfg.source == "synthetic":
         raw = synthetic(cfg.num_samples, (cfg.num_features,), cfg.num_classes, cfg.split_seed)
+    elif cfg.source in TABULAR:
+        raw = tabular(cfg.source)
     else:  # shards are streamed (dist_train.data.stream), never built here
         raise AssertionError(cfg.source)
-    return split_and_normalize(raw.inputs, raw.targets, raw.input_shape, raw.num_classes, cfg)
+    return split_and_normalize(raw.inputs, raw.targets, raw.input_shape, raw.num_classes, cfg, raw.task)
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -59,7 +78,7 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tuple[int, ...],
-                        num_classes: int, cfg: DataConfig) -> Splits:
+                        num_classes: int, cfg: DataConfig, task: str = "classification") -> Splits:
     """Split with `cfg.split_seed` and normalize every split with the training
     split's statistics, once, on the CPU (the loaders then move the samples)."""
     n = len(targets)
@@ -67,10 +86,10 @@ def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tu
     inputs = inputs.reshape(n, *input_shape)
     normalize = Normalizer(normalization_stats(inputs[train_idx]), input_shape, cfg.normalize, "cpu")
     x = normalize(torch.from_numpy(inputs))
-    y = torch.from_numpy(targets.astype(np.int64))
+    y = torch.from_numpy(targets.astype(np.int64 if task == "classification" else np.float32))
 
     def take(idx: np.ndarray) -> Split:
         index = torch.from_numpy(idx)
         return Split(x[index].contiguous(), y[index].contiguous())
 
-    return Splits(take(train_idx), take(val_idx), take(test_idx), input_shape, num_classes)
+    return Splits(take(train_idx), take(val_idx), take(test_idx), input_shape, num_classes, task)

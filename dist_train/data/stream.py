@@ -162,8 +162,9 @@ class ShardTrainLoader:
             if step < start_step:
                 continue
             if x is None:  # this rank has run out: it still takes part, with an empty batch
-                x = torch.empty((0, *self.manifest.input_shape), dtype=torch.uint8)
-                y = torch.empty((0,), dtype=torch.int64)
+                x = torch.empty((0, *self.manifest.input_shape), dtype=getattr(torch, self.manifest.input_dtype))
+                shape, dtype = self.manifest.expected_targets(0)
+                y = torch.from_numpy(np.empty(shape, dtype=dtype))
             x, y = self.normalize(x), y.to(self.env.device, non_blocking=True)
             micro = tuple(Batch(x[lo:hi], y[lo:hi]) for lo, hi in even_slices(len(y), self.grad_accum_steps))
             yield TrainStep(step, micro, sum(sizes))
@@ -210,9 +211,15 @@ class ShardData:
         self.normalize = Normalizer(self.manifest.normalization, self.manifest.input_shape, cfg.normalize,
                                     env.device)
         self.input_shape = self.manifest.input_shape
-        self.num_classes = self.manifest.num_classes
+        self.num_classes, self.task = self.manifest.num_classes, self.manifest.task
+        self.num_outputs = self.manifest.num_outputs
         self.train_size = self.manifest.num_samples("train")
         self.train = ShardTrainLoader(self.manifest, cfg, env, per_rank_batch, grad_accum_steps, seed, self.normalize)
+
+    def example_batch(self) -> Batch:
+        """The first samples of the validation split (the same on every rank)."""
+        x, y = next(iter_blocks(self.manifest.root / self.manifest.splits["val"][0].file))
+        return Batch(self.normalize(torch.from_numpy(x[:2])), torch.from_numpy(y[:2]).to(self.env.device))
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         """This rank's shards of `split` (round-robin), read completely once: the

@@ -158,6 +158,9 @@ class DeepSpeedStrategy(Strategy):
 
     def __init__(self, cfg: Config, env: DistEnv, resolved: Resolved, model: nn.Module,
                  optimizer: torch.optim.Optimizer, precision: Precision) -> None:
+        if "LOCAL_RANK" not in os.environ:  # DeepSpeed reads it itself and would fail with an assertion
+            raise DistTrainError("DeepSpeed reads LOCAL_RANK from the environment, which is not set: start the job "
+                                 "with `dist-train run`/`launch`, torchrun or srun, or set LOCAL_RANK=0 for one process")
         deepspeed = import_deepspeed(env.device)
         self.env, self.stage = env, cfg.strategy.zero_stage
         # DeepSpeed's own fp16 (fp16 weights, fp32 masters, its loss scaler) replaces

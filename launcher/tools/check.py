@@ -71,10 +71,11 @@ def run_checks(cfg: Config, subset: int = 50, max_steps: int = 500, out: IO[str]
     env = DistEnv.from_env({}, device=cfg.dist.device)  # one process, whatever launched us
     data = build_data(cfg, env, resolve(cfg, 1), Comm())
     inputs, targets = training_examples(data, max(subset, PROBE_SAMPLES))
-    diag = diagnose_init(cfg, inputs, targets, data.input_shape, data.num_classes)
+    shape, outputs, task = data.input_shape, data.num_outputs, data.task
+    diag = diagnose_init(cfg, inputs, targets, shape, outputs, task)
     results = [
-        check_initial_loss(cfg, inputs, targets, data.input_shape, data.num_classes, diag),
-        check_overfit(cfg, inputs[:subset], targets[:subset], data.input_shape, data.num_classes, max_steps, diag),
+        check_initial_loss(cfg, inputs, targets, shape, outputs, diag, task),
+        check_overfit(cfg, inputs[:subset], targets[:subset], shape, outputs, max_steps, diag, task),
         check_gradients(),
     ]
     for result in results:
@@ -101,9 +102,10 @@ def training_examples(data: object, count: int) -> tuple[torch.Tensor, torch.Ten
     return torch.cat(inputs)[:count], torch.cat(targets)[:count]
 
 
-def _fresh_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int, device: torch.device) -> nn.Module:
+def _fresh_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int, device: torch.device,
+                 task: str = "classification") -> nn.Module:
     seed_everything(cfg.train.seed)  # the weights training would start from
-    return build_model(cfg.model, input_shape, num_classes).to(device)
+    return build_model(cfg.model, input_shape, num_classes, task).to(device)
 
 
 # ------------------------------------------------------------ 1. initial loss
@@ -127,9 +129,9 @@ def loss_of_random_outputs(loss_fn: object, num_classes: int, std: float, sample
 
 
 def check_initial_loss(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, input_shape: tuple[int, ...],
-                       num_classes: int, diag: InitDiagnostics) -> CheckResult:
+                       num_classes: int, diag: InitDiagnostics, task: str = "classification") -> CheckResult:
     name = "initial loss"
-    expected = expected_initial_loss(cfg.train.loss, num_classes)
+    expected = expected_initial_loss(cfg.train.loss, num_classes) if task == "classification" else None
     if expected is None:
         return CheckResult(name, None, f"{cfg.train.loss} has no fixed expected value at initialization")
     value, formula = expected
@@ -154,8 +156,8 @@ def check_initial_loss(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor,
 
 
 def diagnose_init(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, input_shape: tuple[int, ...],
-                  num_classes: int) -> InitDiagnostics:
-    model = _fresh_model(cfg, input_shape, num_classes, inputs.device)
+                  num_classes: int, task: str = "classification") -> InitDiagnostics:
+    model = _fresh_model(cfg, input_shape, num_classes, inputs.device, task)
     model.train()
     saturated: dict[str, list[float]] = {}
 
@@ -199,20 +201,20 @@ def init_hints(cfg: Config, diag: InitDiagnostics) -> list[str]:
 # ------------------------------------------------------------ 2. overfit a subset
 
 def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, input_shape: tuple[int, ...],
-                  num_classes: int, max_steps: int, diag: InitDiagnostics) -> CheckResult:
+                  num_classes: int, max_steps: int, diag: InitDiagnostics, task: str = "classification") -> CheckResult:
     n = len(targets)
     name = f"overfit {n} examples"
     # regularization off: the question is whether the model can fit at all
     cfg = replace(cfg, **{"model.dropout": 0.0, "optim.weight_decay": 0.0})
-    model = _fresh_model(cfg, input_shape, num_classes, inputs.device)
+    model = _fresh_model(cfg, input_shape, num_classes, inputs.device, task)
     # the training step every strategy takes (clipping, the non-finite guard), in one process
     strategy = SingleStrategy(model, build_optimizer(cfg.optim, model), Precision("fp32", str(inputs.device)))
-    loss_fn = build_loss(cfg.train.loss)
+    loss_fn = build_loss(cfg.train.loss, task)
     batch = min(n, cfg.train.global_batch_size)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     order, at = torch.randperm(n, generator=gen), 0
     losses: list[float] = []
-    accuracy, steps = _accuracy(model, inputs, targets), 0
+    accuracy, steps = _fit_score(model, inputs, targets, task), 0
     while steps < max_steps and accuracy < OVERFIT_ACCURACY:
         if at + batch > n:  # full batches only (batch norm needs more than one example)
             order, at = torch.randperm(n, generator=gen), 0
@@ -225,9 +227,10 @@ def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, inpu
         if not strategy.step(cfg.train.grad_clip_norm).applied:
             break  # a non-finite loss or gradient: the weights were left as they were
         if steps % 10 == 0 or steps == max_steps:
-            accuracy = _accuracy(model, inputs, targets)
+            accuracy = _fit_score(model, inputs, targets, task)
     first, last = losses[0] if losses else float("nan"), losses[-1] if losses else float("nan")
-    summary = (f"{accuracy:.0%} training accuracy after {steps} steps of {batch} examples (loss {first:.3g} -> "
+    score = "training accuracy" if task == "classification" else "training R^2"
+    summary = (f"{accuracy:.0%} {score} after {steps} steps of {batch} examples (loss {first:.3g} -> "
                f"{last:.3g}; dropout and weight decay off)")
     if accuracy >= OVERFIT_ACCURACY:
         return CheckResult(name, True, summary)
@@ -243,6 +246,20 @@ def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, inpu
         hints.append(f"the loss fell ({first:.3g} -> {last:.3g}) but not far enough in {steps} steps: try --steps "
                      f"{2 * max_steps}, a larger optim.lr than {lr:g}, or a larger model")
     return CheckResult(name, False, summary + f", expected at least {OVERFIT_ACCURACY:.0%}", hints)
+
+
+def _fit_score(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: str) -> float:
+    """Training accuracy (classes) or R^2 (real values) on the subset."""
+    if task == "classification":
+        return _accuracy(model, inputs, targets)
+    model.eval()
+    with torch.no_grad():
+        outputs = model(inputs).double()
+    y = targets.double().reshape(outputs.shape)
+    if not torch.isfinite(outputs).all():
+        return 0.0
+    total = ((y - y.mean(0)) ** 2).sum()
+    return float(1.0 - ((outputs - y) ** 2).sum() / total) if total > 0 else 0.0
 
 
 def _accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:

@@ -1,0 +1,186 @@
+"""Your own data: `data.source: custom`, where `data.class_path(**init_args)`
+returns the train, validation and test splits as map-style
+`torch.utils.data.Dataset`s whose items are (input tensor, target).
+
+The training split is walked by the same sampler plan as in-memory data (one
+seeded permutation of its indices per epoch; rank r takes its contiguous part
+of each global batch), so every sample is used once per epoch across ranks,
+a ragged last batch is still the exact mean over its samples, and a
+checkpoint resumes mid-epoch exactly. Items are fetched by `data.loader_workers`
+DataLoader processes (through the dataset's `__getitems__` when it has one:
+DataLoader calls it with a whole micro-batch of indices) and collated by
+stacking. Evaluation splits are dealt to ranks in contiguous shares.
+
+Targets decide the task: integer class indices (classification; the number of
+classes is the dataset's `num_classes` or `len(classes)` attribute, else the
+largest training target + 1) or floating-point values (regression, one per
+sample or a vector). Inputs are normalized with the training split's
+statistics (one pass over it at start, on every rank) unless
+`data.normalize: none`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dist_train.config import DataConfig
+from dist_train.data.loader import Batch, TrainStep
+from dist_train.data.normalization import Normalizer, Stats, streamed_stats
+from dist_train.data.sampler import ShardedBatchPlan, even_slices
+from dist_train.env import DistEnv
+from dist_train.errors import ConfigError
+from dist_train.stop_request import ignore_stop_signals
+from dist_train.user_code import call_with, resolve_callable
+
+KEY = "data.class_path"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def make_splits(cfg: DataConfig) -> tuple[Dataset, Dataset, Dataset]:
+    """Call the user's factory and check what it returned."""
+    factory = resolve_callable(KEY, cfg.class_path)
+    returned = call_with(KEY, factory, cfg.init_args, {})
+    return check_splits(returned, getattr(factory, "__qualname__", cfg.class_path))
+
+
+def check_splits(returned: Any, who: str) -> tuple[Dataset, Dataset, Dataset]:
+    if isinstance(returned, dict) and set(returned) >= set(SPLIT_NAMES):
+        returned = tuple(returned[name] for name in SPLIT_NAMES)
+    if not isinstance(returned, (tuple, list)) or len(returned) != 3:
+        raise ConfigError(KEY, f"{who} returned {_kind(returned)}, not the train, validation and test datasets",
+                          "return a tuple (train, val, test) of map-style torch Datasets, or a dict with those keys")
+    for name, split in zip(SPLIT_NAMES, returned):
+        if not (hasattr(split, "__getitem__") and hasattr(split, "__len__")):
+            raise ConfigError(KEY, f"the {name} split from {who} is {_kind(split)}, not a map-style dataset",
+                              "give it __getitem__ and __len__ (torch.utils.data.Dataset)")
+        if len(split) == 0:
+            raise ConfigError(KEY, f"the {name} split from {who} is empty")
+    return tuple(returned)  # type: ignore[return-value]
+
+
+def _kind(value: Any) -> str:
+    return f"a {type(value).__name__}" + (f" of {len(value)}" if isinstance(value, (tuple, list)) else "")
+
+
+def collate(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, target) items to two stacked tensors; the first wrong item is named."""
+    inputs, targets = [], []
+    for index, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ConfigError(KEY, f"a dataset item is {_kind(item)}; items must be (input tensor, target) pairs")
+        x, y = item
+        inputs.append(torch.as_tensor(x))
+        targets.append(torch.as_tensor(y))
+    shape = inputs[0].shape
+    for x in inputs:
+        if x.shape != shape:
+            raise ConfigError(KEY, f"dataset items have inputs of different shapes ({tuple(shape)} and "
+                              f"{tuple(x.shape)}); every input must have the same shape")
+    return torch.stack(inputs), torch.stack(targets)
+
+
+def _fetch(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    many = getattr(dataset, "__getitems__", None)
+    return collate(many(indices) if many is not None else [dataset[i] for i in indices])
+
+
+class CustomData:
+    """The user's datasets behind the TrainData interface."""
+
+    def __init__(self, splits: tuple[Dataset, Dataset, Dataset], cfg: DataConfig, env: DistEnv,
+                 global_batch_size: int, grad_accum_steps: int, seed: int) -> None:
+        self.train_set, self.val_set, self.test_set = splits
+        self.cfg, self.env = cfg, env
+        x, y = _fetch(self.train_set, [0])
+        self.input_shape = tuple(x.shape[1:])
+        self.input_dtype = x.dtype
+        if y.dtype.is_floating_point:
+            self.task, self.num_classes = "regression", 0
+            self.target_shape = tuple(y.shape[1:])
+            self.num_outputs = math.prod(self.target_shape)
+        elif y.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) and y.dim() == 1:
+            self.task, self.target_shape = "classification", ()
+            self.num_classes = self.num_outputs = _num_classes(self.train_set)
+        else:
+            raise ConfigError(KEY, f"dataset targets of dtype {y.dtype} and shape {tuple(y.shape[1:])} are neither class "
+                              "indices (an integer per item) nor real values (float)")
+        self.train_size = len(self.train_set)
+        self.normalize = Normalizer(_statistics(self.train_set, self.input_shape) if cfg.normalize != "none" else {},
+                                    self.input_shape, cfg.normalize, env.device)
+        plan = ShardedBatchPlan(self.train_size, global_batch_size, env.world_size, env.rank, seed,
+                                grad_accum_steps, cfg.drop_last)
+        self.train = CustomLoader(self, plan)
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        return Batch(self.normalize(x), y.to(self.env.device, non_blocking=True))
+
+    def empty_batch(self) -> Batch:
+        x = torch.empty((0, *self.input_shape), dtype=self.input_dtype)
+        dtype = torch.float32 if self.task == "regression" else torch.int64
+        return self.batch(x, torch.empty((0, *self.target_shape), dtype=dtype))
+
+    def example_batch(self) -> Batch:
+        return self.batch(*_fetch(self.val_set, list(range(min(2, len(self.val_set))))))
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        dataset = {"val": self.val_set, "test": self.test_set, "train": self.train_set}[split]
+        lo, hi = even_slices(len(dataset), self.env.world_size)[self.env.rank]
+        chunks = [list(range(start, min(start + batch_size, hi))) for start in range(lo, hi, batch_size)]
+        for x, y in _loader(dataset, chunks, self.cfg.loader_workers, seed=0):
+            yield self.batch(x, y)
+
+
+class CustomLoader:
+    def __init__(self, data: CustomData, plan: ShardedBatchPlan) -> None:
+        self.data, self.plan = data, plan
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainStep]:
+        steps = list(self.plan.epoch(epoch, start_step))
+        wanted = [idx.tolist() for s in steps for idx in s.micro_indices if len(idx)]
+        fetched = iter(_loader(self.data.train_set, wanted, self.data.cfg.loader_workers, seed=epoch))
+        for s in steps:
+            micro = tuple(self.data.batch(*next(fetched)) if len(idx) else self.data.empty_batch()
+                          for idx in s.micro_indices)
+            yield TrainStep(s.step, micro, s.global_count)
+
+
+def _loader(dataset: Dataset, batches: list[list[int]], workers: int, seed: int) -> Iterator:
+    """Each list of indices fetched as one batch, in order, by `workers`
+    DataLoader processes (0: here). A generator of its own: a DataLoader
+    otherwise draws its base seed from the global RNG, which would shift
+    dropout masks (and break exact resume)."""
+    if not batches:
+        return iter(())
+    return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                           prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed),
+                           worker_init_fn=ignore_stop_signals if workers else None))
+
+
+def _num_classes(dataset: Dataset) -> int:
+    if isinstance(getattr(dataset, "num_classes", None), int):
+        return int(dataset.num_classes)
+    classes = getattr(dataset, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes:
+        return len(classes)
+    largest = -1
+    for start in range(0, len(dataset), 4096):
+        _, y = _fetch(dataset, list(range(start, min(start + 4096, len(dataset)))))
+        if (y < 0).any():
+            raise ConfigError(KEY, "a class target is negative; class indices run from 0 to (classes - 1)")
+        largest = max(largest, int(y.max()))
+    return largest + 1
+
+
+def _statistics(dataset: Dataset, input_shape: tuple[int, ...]) -> Stats:
+    """Per-channel and per-feature mean and std of the training inputs, in one pass of chunks."""
+    chunks = (_fetch(dataset, list(range(start, min(start + 4096, len(dataset)))))[0].numpy()
+              for start in range(0, len(dataset), 4096))
+    return streamed_stats(chunks, input_shape)
