@@ -9,7 +9,7 @@
     budget: {max_trials: 8, max_minutes: 30}
     parallel_trials: 1
     workers_per_trial: 1
-    metric: val_accuracy          # val_accuracy | val_loss, best epoch of each trial
+    metric: val_accuracy          # val_accuracy | val_loss (| val_mse, val_mae, val_r2), best epoch of each trial
     mode: auto                    # auto | min | max
     out_dir: runs/sweeps/digits-mlp
 
@@ -27,7 +27,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from dist_train.monitor import metric_mode
-from dist_train.config import Config, build_section, config_from_dict, load_config, read_yaml_mapping
+from dist_train.config import Config, build_section, config_from_dict, load_config, read_yaml_mapping, Monitored
 from dist_train.errors import ConfigError, DistTrainError
 from launcher.tools.sweep.space import Param, parse_space
 
@@ -47,7 +47,7 @@ class SweepSettings:
     budget: Budget = field(default_factory=Budget)
     parallel_trials: int = 1
     workers_per_trial: int = 1
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    metric: Monitored = "val_accuracy"  # val_mse, val_mae or val_r2 for a regression
     mode: Literal["auto", "min", "max"] = "auto"
     out_dir: str = ""
 
