@@ -1,20 +1,33 @@
 """Helpers that test files of more than one tier share (a test file imports
 these, never another test file): stopping a run at a step and comparing runs,
-small run configs, DeepSpeed runs, reading W&B's offline runs, launching a
-CPU job. Each section names the files that use it."""
+small run configs, DeepSpeed runs, reading W&B's offline runs, launching CPU
+jobs, SLURM job states, and small fixtures of the metrics, shards, prepare,
+check and batch-norm tests. Each section names the files that use it."""
 
+import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dist_train.checkpoint import find_latest_valid
-from dist_train.config import load_config
+from dist_train.comm import Comm
+from dist_train.config import DataConfig, ModelConfig, load_config
+from dist_train.data.loader import eval_shard
+from dist_train.data.shards import write_dataset
+from dist_train.data.sources import Split
 from dist_train.env import DistEnv
+from dist_train.losses import build_loss
+from dist_train.metrics import evaluate
+from dist_train.models import build_model
 from dist_train.parts import build_parts
 from dist_train.run import run
 from tests.conftest import REPO
@@ -170,3 +183,121 @@ def final_weights(run_dir):
 def finish(proc, timeout=300):
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
+
+
+# ------------------------------------------------------------ SLURM jobs
+# e2e: test_slurm_cluster, test_slurm_multinode
+
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ------------------------------------------------------------ metrics over a split
+# test_metrics (unit, integration)
+
+def metrics_model_and_split():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_sizes=(8,)), (5,), 3)
+    gen = torch.Generator().manual_seed(1)
+    split = Split(torch.randn(103, 5, generator=gen), torch.randint(0, 3, (103,), generator=gen))
+    return model, split
+
+
+def metrics_eval_worker(env: DistEnv, batch_size: int) -> dict:
+    model, split = metrics_model_and_split()
+    return evaluate(model, eval_shard(split, env, batch_size), build_loss("cross_entropy"), Comm.of(env), env.device)
+
+
+def metrics_reference() -> dict:
+    model, split = metrics_model_and_split()
+    with torch.no_grad():
+        logits = model(split.inputs)
+    correct = int((logits.argmax(1) == split.targets).sum())
+    loss = torch.nn.functional.cross_entropy(logits.double(), split.targets).item()
+    return {"accuracy": correct / 103, "loss": loss, "count": 103}
+
+
+# ------------------------------------------------------------ shards that say which sample they hold
+# test_shards (unit, integration)
+
+def indexed_dataset(path, n_train=1000, shards=8, block_size=64):
+    """Inputs that say which sample they are: input[i] = [i], float32."""
+    def split(lo, n):
+        idx = np.arange(lo, lo + n)
+        return idx.astype(np.float32)[:, None], idx % 5
+    return write_dataset(path, "indexed", {"train": split(0, n_train), "val": split(100_000, 37),
+                                           "test": split(200_000, 41)},
+                         5, {"train": shards, "val": 3, "test": 2}, block_size)
+
+
+def data_cfg(path, **kw):
+    return DataConfig(source="shards", path=str(path), normalize="none", **kw)
+
+
+def corrupt(kind, root):
+    """Damage a prepared set the way the field does; return the file named in the error."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    shard = root / "train-00001.tar"
+    if kind == "truncated":
+        shard.write_bytes(shard.read_bytes()[:3000])
+    elif kind == "corrupt":
+        data = bytearray(shard.read_bytes())
+        data[600:1600] = bytes(b ^ 0xFF for b in data[600:1600])  # flipped bits over data and a header
+        shard.write_bytes(bytes(data))
+    elif kind == "missing_field":
+        # a well-formed tar whose second block lacks targets; the manifest agrees with the bytes
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, names in (("a", ("inputs.npy", "targets.npy")), ("b", ("inputs.npy",))):
+                for name in names:
+                    arr = np.zeros((4, 1), np.float32) if name == "inputs.npy" else np.zeros(4, np.int64)
+                    payload = io.BytesIO()
+                    np.save(payload, arr)
+                    info = tarfile.TarInfo(f"{key}.{name}")
+                    info.size = len(payload.getvalue())
+                    tar.addfile(info, io.BytesIO(payload.getvalue()))
+        shard.write_bytes(buf.getvalue())
+        entry = manifest["splits"]["train"]["shards"][1]
+        entry.update(bytes=len(buf.getvalue()), sha256=hashlib.sha256(buf.getvalue()).hexdigest())
+        (root / "manifest.json").write_text(json.dumps(manifest))
+    elif kind == "manifest_mismatch":
+        manifest["splits"]["train"]["shards"][1]["samples"] += 5
+        (root / "manifest.json").write_text(json.dumps(manifest))
+    elif kind == "missing_shard":
+        shard.unlink()
+    return str(shard)
+
+
+# ------------------------------------------------------------ CSV files
+# test_prepare_sources (unit, e2e)
+
+def write_csv(path, rows):
+    path.write_text("\n".join(",".join(map(str, row)) for row in rows) + "\n")
+    return path
+
+
+# ------------------------------------------------------------ `dist-train check` output
+# test_check (unit, e2e)
+
+def check_line(lines, name):
+    return next(text for text in lines if text[6:].startswith(name))
+
+
+# ------------------------------------------------------------ batch norm
+# test_sync_batchnorm (unit, integration)
+
+CHANNELS = 3
+
+
+def affine_init(bn):
+    with torch.no_grad():
+        bn.weight.copy_(torch.linspace(0.5, 1.5, CHANNELS))
+        bn.bias.copy_(torch.linspace(-0.2, 0.2, CHANNELS))

@@ -19,7 +19,7 @@ import torch
 from dist_train.checkpoint import find_latest_valid
 from tests.conftest import REPO
 from tests.e2e.netns import HOST, cannot_make_hosts
-from tests.test_slurm_cluster import ENDED, wait_until
+from tests.helpers import ENDED, wait_until
 
 SCRIPT = f"{REPO}/tests/e2e/slurm_netns_cluster.sh"
 ENV = {**os.environ, "PYTHONPATH": REPO}  # sbatch passes it on to the job: the job runs this checkout
