@@ -60,7 +60,11 @@ class RunDirLock:
     def acquire(self) -> "RunDirLock":
         self._make_parent()
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise DistTrainError(f"cannot create the lock file {self.path} of run.dir {self.run_dir} "
+                                     f"({exc.strerror}); choose a run.dir in a directory you can write") from None
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:

@@ -280,7 +280,7 @@ def check_gradients() -> CheckResult:
     """gradcheck of synchronized batch norm's hand-written backward (the
     project's one custom autograd function) for input, weight and bias, through
     the module as training calls it. One process: the cross-rank reductions are
-    the identity here (tests/test_sync_batchnorm.py checks them across processes)."""
+    the identity here (tests/integration/test_sync_batchnorm.py checks them across processes)."""
     from torch.autograd.gradcheck import GradcheckError
 
     from dist_train.sync_batchnorm import SyncBatchNorm

@@ -18,8 +18,8 @@ import torch
 
 from dist_train.checkpoint import find_latest_valid
 from tests.conftest import REPO
-from tests.netns import HOST, cannot_make_hosts
-from tests.test_slurm_cluster import ENDED, wait_until
+from tests.e2e.netns import HOST, cannot_make_hosts
+from tests.helpers import ENDED, wait_until
 
 SCRIPT = f"{REPO}/tests/e2e/slurm_netns_cluster.sh"
 ENV = {**os.environ, "PYTHONPATH": REPO}  # sbatch passes it on to the job: the job runs this checkout
@@ -86,7 +86,7 @@ def test_multi_node_template_trains_across_two_hosts(cluster, tmp_path):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The same job as 2 workers on one machine, without SLURM: 2 nodes of 1
-    worker end bit-equal to it (tests/test_multinode.py)."""
+    worker end bit-equal to it (tests/e2e/test_multinode.py)."""
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
     proc = subprocess.run([sys.executable, "-m", "launcher", "launch", "--nproc-per-node", "2", "configs/cpu_test.yaml",
                            *LONG, "wandb.mode=disabled", f"run.dir={run_dir}"], cwd=REPO, capture_output=True,

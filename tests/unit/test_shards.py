@@ -1,18 +1,20 @@
-"""Sharded data sets: prepare once, stream to every worker, exactly once per epoch."""
+"""Sharded data sets on disk, without worker processes: prepare (bit-identical,
+deterministic, safe to rerun, MNIST's IDX files, the built-in sets as in
+memory), shards that do not divide among readers refused, the training
+split's statistics, bad shards named before training, rebatching.
+(Streaming to real processes: tests/integration/test_shards.py.)"""
 
 import gzip
 import hashlib
-import io
 import json
 import struct
-import tarfile
 
 import numpy as np
 import pytest
 import torch
 
 from dist_train.comm import Comm
-from dist_train.config import DataConfig, load_config
+from dist_train.config import DataConfig
 from dist_train.data.normalization import Normalizer
 from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.data.shards import iter_blocks, load_manifest, write_dataset
@@ -20,24 +22,7 @@ from dist_train.data.sources import build_splits
 from dist_train.data.stream import ShardData, ShardTrainLoader, open_manifest
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
-from dist_train.resolve import resolve
-from dist_train.trainer import Trainer
-from tests.conftest import REPO
-from tests.multiproc import run_workers
-
-
-def indexed_dataset(path, n_train=1000, shards=8, block_size=64):
-    """Inputs that say which sample they are: input[i] = [i], float32."""
-    def split(lo, n):
-        idx = np.arange(lo, lo + n)
-        return idx.astype(np.float32)[:, None], idx % 5
-    return write_dataset(path, "indexed", {"train": split(0, n_train), "val": split(100_000, 37),
-                                           "test": split(200_000, 41)},
-                         5, {"train": shards, "val": 3, "test": 2}, block_size)
-
-
-def data_cfg(path, **kw):
-    return DataConfig(source="shards", path=str(path), normalize="none", **kw)
+from tests.helpers import corrupt, data_cfg, indexed_dataset
 
 
 # ----------------------------------------------------------------- prepare
@@ -166,50 +151,6 @@ def test_prepare_names_a_missing_source():
 
 # ----------------------------------------------------------------- stream
 
-def stream_worker(env, path, loader_workers, epochs, per_rank_batch):
-    cfg = data_cfg(path, loader_workers=loader_workers, shuffle_buffer=128)
-    data = ShardData(cfg, env, per_rank_batch, grad_accum_steps=2, seed=3)
-    out = []
-    for epoch in range(epochs):
-        steps = [(torch.cat([b.inputs for b in s.micro_batches])[:, 0].long().tolist(), s.global_count)
-                 for s in data.train.epoch(epoch)]
-        out.append(steps)
-    evals = {split: [int(v) for b in data.eval_batches(split, 16) for v in b.inputs[:, 0].tolist()]
-             for split in ("val", "test")}
-    return {"epochs": out, "eval": evals}
-
-
-@pytest.mark.parametrize("n_train", [1000, 1003])  # equal shards, and shards one sample apart
-def test_exactly_once_over_two_ranks_and_two_loader_workers(tmp_path, n_train):
-    indexed_dataset(tmp_path / "ds", n_train=n_train)
-    r0, r1 = run_workers(stream_worker, 2, str(tmp_path / "ds"), 2, 2, 40, timeout_s=180)
-    orders = []
-    for epoch in range(2):
-        s0, s1 = r0["epochs"][epoch], r1["epochs"][epoch]
-        assert len(s0) == len(s1)  # every rank does the same number of steps
-        seen = [i for steps in (s0, s1) for ids, _ in steps for i in ids]
-        assert sorted(seen) == list(range(n_train))  # every sample exactly once
-        for (ids0, g0), (ids1, g1) in zip(s0, s1):
-            assert g0 == g1 == len(ids0) + len(ids1)  # the step's global count, known on both ranks
-        orders.append([i for ids, _ in s0 for i in ids])
-    assert orders[0] != orders[1]  # a new order every epoch
-    for split, base, n in (("val", 100_000, 37), ("test", 200_000, 41)):
-        assert sorted(r0["eval"][split] + r1["eval"][split]) == list(range(base, base + n))
-
-
-def test_stream_is_reproducible_and_resumes_mid_epoch(tmp_path):
-    indexed_dataset(tmp_path / "ds")
-    env = DistEnv()
-    cfg = data_cfg(tmp_path / "ds", loader_workers=2, shuffle_buffer=100)
-    loader = ShardData(cfg, env, 32, 1, seed=5).train
-    full = [s.micro_batches[0].inputs[:, 0].tolist() for s in loader.epoch(1)]
-    again = [s.micro_batches[0].inputs[:, 0].tolist() for s in loader.epoch(1)]
-    tail = [(s.step, s.micro_batches[0].inputs[:, 0].tolist()) for s in loader.epoch(1, start_step=9)]
-    assert full == again
-    assert [step for step, _ in tail] == list(range(9, len(full)))
-    assert [ids for _, ids in tail] == full[9:]
-
-
 def test_shards_that_do_not_divide_among_readers_are_refused(tmp_path):
     manifest = indexed_dataset(tmp_path / "ds", shards=6)
     cfg = data_cfg(tmp_path / "ds", loader_workers=2)
@@ -229,40 +170,6 @@ def test_normalization_uses_the_training_split_statistics(tmp_path):
 
 
 # ----------------------------------------------------------------- bad input
-
-def corrupt(kind, root):
-    """Damage a prepared set the way the field does; return the file named in the error."""
-    manifest = json.loads((root / "manifest.json").read_text())
-    shard = root / "train-00001.tar"
-    if kind == "truncated":
-        shard.write_bytes(shard.read_bytes()[:3000])
-    elif kind == "corrupt":
-        data = bytearray(shard.read_bytes())
-        data[600:1600] = bytes(b ^ 0xFF for b in data[600:1600])  # flipped bits over data and a header
-        shard.write_bytes(bytes(data))
-    elif kind == "missing_field":
-        # a well-formed tar whose second block lacks targets; the manifest agrees with the bytes
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, names in (("a", ("inputs.npy", "targets.npy")), ("b", ("inputs.npy",))):
-                for name in names:
-                    arr = np.zeros((4, 1), np.float32) if name == "inputs.npy" else np.zeros(4, np.int64)
-                    payload = io.BytesIO()
-                    np.save(payload, arr)
-                    info = tarfile.TarInfo(f"{key}.{name}")
-                    info.size = len(payload.getvalue())
-                    tar.addfile(info, io.BytesIO(payload.getvalue()))
-        shard.write_bytes(buf.getvalue())
-        entry = manifest["splits"]["train"]["shards"][1]
-        entry.update(bytes=len(buf.getvalue()), sha256=hashlib.sha256(buf.getvalue()).hexdigest())
-        (root / "manifest.json").write_text(json.dumps(manifest))
-    elif kind == "manifest_mismatch":
-        manifest["splits"]["train"]["shards"][1]["samples"] += 5
-        (root / "manifest.json").write_text(json.dumps(manifest))
-    elif kind == "missing_shard":
-        shard.unlink()
-    return str(shard)
-
 
 BAD = {
     "truncated": "bytes, the manifest says",
@@ -300,34 +207,6 @@ def test_missing_directory_and_manifest(tmp_path):
         load_manifest(tmp_path / "empty")
 
 
-def verify_worker(env, path):
-    try:
-        open_manifest(path, Comm.of(env))
-    except DistTrainError as exc:
-        return str(exc)
-    return None
-
-
-def test_a_bad_shard_stops_every_rank_with_the_same_message(tmp_path):
-    indexed_dataset(tmp_path / "ds")
-    corrupt("truncated", tmp_path / "ds")  # train-00001 is verified by rank 1 only
-    r0, r1 = run_workers(verify_worker, 2, str(tmp_path / "ds"), timeout_s=90)
-    assert r0 == r1 and r0 is not None and "train-00001.tar" in r0
-
-
-# ----------------------------------------------------------------- training
-
-def test_training_on_shards_matches_the_in_memory_accuracy_band(tmp_path):
-    prepare("digits", PrepareOptions(out=tmp_path / "digits"))
-    accuracies = {}
-    for source in ("digits", "shards"):
-        extra = [f"data.path={tmp_path / 'digits'}", "data.loader_workers=0"] if source == "shards" else []
-        cfg = load_config(f"{REPO}/configs/quickstart.yaml", [f"data.source={source}", "train.epochs=20", *extra])
-        accuracies[source] = Trainer.build(cfg, DistEnv()).fit().test["accuracy"]
-    assert accuracies["digits"] >= 0.94 and accuracies["shards"] >= 0.94
-    assert abs(accuracies["digits"] - accuracies["shards"]) <= 0.02
-
-
 @pytest.mark.parametrize("sizes", [[5, 3, 10, 1, 7], [64], [3, 3, 3], [0, 4, 0, 9]])
 @pytest.mark.parametrize("batch", [1, 2, 4, 64])
 def test_rebatching_keeps_every_sample_in_order(sizes, batch):
@@ -340,17 +219,3 @@ def test_rebatching_keeps_every_sample_in_order(sizes, batch):
     out = list(_rebatch(iter(chunks), batch))
     assert torch.cat([x for x, _ in out]).tolist() == list(range(count))
     assert all(len(x) == batch for x, _ in out[:-1]) and 0 < len(out[-1][0]) <= batch
-
-
-def test_prepare_command_line(tmp_path):
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "launcher", "prepare", "digits", "--out", str(tmp_path / "d"),
-                           "--shards", "4"], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    assert "train 1257 samples in 4 shards" in proc.stdout
-    assert len(load_manifest(tmp_path / "d").splits["train"]) == 4
-    bad = subprocess.run([sys.executable, "-m", "launcher", "prepare", "idx", "--out", str(tmp_path / "e"),
-                          "--source-dir", str(tmp_path / "none")], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert bad.returncode == 2 and "source directory" in bad.stderr and "does not exist" in bad.stderr

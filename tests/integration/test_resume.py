@@ -3,26 +3,21 @@ the uninterrupted run (weights, optimizer state, logged metrics; atol = rtol = 0
 for world sizes 1 and 2, in-memory and shard data, mid-epoch and at an epoch's
 end, with and without gradient accumulation."""
 
-import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dist_train.errors import EXIT_RESUME
-from dist_train.checkpoint import find_latest_valid
 from dist_train.config import load_config
 from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.env import DistEnv
 from dist_train.run import run
-from dist_train.parts import build_parts
+from tests.helpers import final_state, sigterm_at
 from tests.multiproc import run_workers
 
+
 STEPS_PER_EPOCH = 7  # 420 training samples / global batch 64 -> 6 full steps and one of 36
-VOLATILE = {"time", "epoch_seconds", "samples_per_s", "path", "checkpoint"}
 
 
 def overrides(run_dir, data, accum):
@@ -34,47 +29,6 @@ def overrides(run_dir, data, accum):
     if data == "memory":
         return base + ["data.source=synthetic"]
     return base + ["data.source=shards", f"data.path={data}", "data.loader_workers=1"]
-
-
-class SignalAt:
-    """A training loader that sends this process a real SIGTERM as it hands out
-    step `at` (counted over the run, from a fresh start): the trainer trains that
-    step, then finds the stop request at its stop check."""
-
-    def __init__(self, loader, at: int, signal_here: bool) -> None:
-        self.loader, self.at, self.signal_here, self.handed = loader, at, signal_here, 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.loader.steps_per_epoch
-
-    def epoch(self, epoch, start_step=0):
-        for step in self.loader.epoch(epoch, start_step):
-            self.handed += 1
-            if self.handed == self.at and self.signal_here:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield step
-
-
-def sigterm_at(steps: int):
-    """Parts (for `run(..., build=...)`) whose rank 0 gets a real SIGTERM during step `steps`."""
-    def build(cfg, env, resolved, comm):
-        parts = build_parts(cfg, env, resolved, comm)
-        parts.data.train = SignalAt(parts.data.train, steps, env.rank == 0)
-        return parts
-    return build
-
-
-def final_state(run_dir):
-    info = find_latest_valid(run_dir)
-    model = torch.load(info.path / "model.pt", weights_only=True)
-    trainer = torch.load(info.path / "trainer.pt", weights_only=True)
-    events = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
-              for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    # the interrupted run has its own extra checkpoint, stop and resume records
-    events = [e for e in events if e["event"] not in ("resume", "stop", "checkpoint")]
-    return {"model": model, "optimizer": trainer["strategy"]["optimizer"]["state"], "events": events,
-            "step": trainer["state"]["global_step"]}
 
 
 def one_job(env, root, data, accum, stop_after):

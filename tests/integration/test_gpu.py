@@ -1,21 +1,18 @@
-"""The CUDA path: NCCL backend, the GPU of the local rank. Runs only where a GPU
-is present (never in CI, which has none)."""
+"""The CUDA path: CUDA training against CPU training, and bf16/fp16 against
+fp32 on one GPU over NCCL. Runs only where a GPU is present (never in CI,
+which has none)."""
 
 import pytest
 import torch
 
 from dist_train.config import load_config
 from dist_train.env import DistEnv
-from dist_train.resolve import resolve
 from dist_train.trainer import Trainer
+from tests.conftest import REPO
+
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")]
-
-
-def test_env_picks_the_local_ranks_gpu_and_nccl():
-    env = DistEnv.from_env({"LOCAL_RANK": "0"})
-    assert env.device == "cuda:0" and env.backend == "nccl"
 
 
 def test_cuda_training_matches_cpu_training():
@@ -48,11 +45,9 @@ def precision_accuracies(env, config):
 
 @pytest.mark.parametrize("config", ["configs/quickstart.yaml", "configs/digits_cnn.yaml"])
 def test_bf16_and_fp16_reach_the_fp32_accuracy_band_under_ddp_and_deepspeed(config):
-    from pathlib import Path
-
     from tests.multiproc import run_workers
 
-    path = str(Path(__file__).resolve().parent.parent / config)
+    path = f"{REPO}/{config}"
     (result,) = run_workers(precision_accuracies, 1, path, timeout_s=900, device="cuda")
     for (strategy, precision), accuracy in result.items():
         reference = result[(strategy, "fp32")]

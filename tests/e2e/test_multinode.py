@@ -18,7 +18,7 @@ import torch
 from dist_train.checkpoint import find_latest_valid
 from tests.conftest import REPO
 from tests.multiproc import kill_tree, wait_for_step, worker_pids
-from tests.netns import ADDR, HOST, SCRIPT, cannot_make_hosts
+from tests.e2e.netns import ADDR, HOST, SCRIPT, cannot_make_hosts
 
 CPU = ["configs/cpu_test.yaml", "train.epochs=12", "checkpoint.every_steps=5", "checkpoint.keep_last=3",
        "train.stop_check_every_steps=1", "model.dropout=0.2", "wandb.mode=disabled"]

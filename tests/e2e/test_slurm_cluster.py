@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,12 @@ import torch
 
 from dist_train.checkpoint import find_latest_valid
 from tests.conftest import REPO
+from tests.helpers import ENDED, wait_until
+
 
 SCRIPT = f"{REPO}/tests/e2e/slurm_cluster.sh"
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+
+
 pytestmark = pytest.mark.slow
 
 
@@ -49,15 +51,6 @@ def job_field(job_id, field):
         if token.startswith(field + "="):
             return token.split("=", 1)[1]
     return None
-
-
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def metrics(run_dir):

@@ -1,16 +1,15 @@
-"""`dist-train check`: passes on the shipped configs, fails with the right hint
-on deliberately broken ones, and its gradcheck catches a wrong backward."""
+"""`dist-train check` in this process: passes on the shipped configs, fails
+with the right hint on deliberately broken ones, and its gradcheck catches a
+wrong backward. (The command as a subprocess: tests/e2e/test_check.py.)"""
 
 import io
-import os
-import subprocess
-import sys
 
 import pytest
 
 from launcher.tools.check import check_gradients, run_checks
 from dist_train.config import load_config
 from tests.conftest import REPO
+from tests.helpers import check_line
 
 
 def checks(config, *overrides):
@@ -19,39 +18,22 @@ def checks(config, *overrides):
     return code, out.getvalue().splitlines()
 
 
-def line(lines, name):
-    return next(text for text in lines if text[6:].startswith(name))
-
-
 @pytest.mark.parametrize("config", ["configs/quickstart.yaml", "configs/digits_mlp.yaml", "configs/digits_cnn.yaml",
                                     "configs/cpu_test.yaml"])
 def test_check_passes_on_the_shipped_configs(config):
     code, lines = checks(config)
     assert code == 0, "\n".join(lines)
     assert [text[:4] for text in lines[:3]] == ["PASS"] * 3
-    loss = float(line(lines, "initial loss").split()[3])
-    assert "expected about ln(" in line(lines, "initial loss") and 0.5 < loss < 5.0
-    assert "100% training accuracy" in line(lines, "overfit 50 examples")
+    loss = float(check_line(lines, "initial loss").split()[3])
+    assert "expected about ln(" in check_line(lines, "initial loss") and 0.5 < loss < 5.0
+    assert "100% training accuracy" in check_line(lines, "overfit 50 examples")
     assert lines[-1] == "3 passed, 0 failed"
-
-
-def test_learning_rate_100_fails_the_overfit_check_with_the_learning_rate_hint():
-    proc = subprocess.run([sys.executable, "-m", "launcher", "check", "configs/quickstart.yaml", "optim.lr=100"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO})
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
-    assert line(lines, "initial loss").startswith("PASS")  # the weights start fine; the steps are too large
-    fail = lines.index(line(lines, "overfit 50 examples"))
-    assert lines[fail].startswith("FAIL")
-    assert lines[fail + 1].startswith("      hint: learning rate too large") and "optim.lr=10" in lines[fail + 1]
-    assert lines[-1] == "2 passed, 1 failed"
 
 
 def test_unnormalized_inputs_fail_the_initial_loss_check_with_the_normalization_hint():
     code, lines = checks("configs/quickstart.yaml", "data.normalize=none")
     assert code == 1
-    fail = lines.index(line(lines, "initial loss"))
+    fail = lines.index(check_line(lines, "initial loss"))
     assert lines[fail].startswith("FAIL")
     hint = lines[fail + 1]
     assert hint.startswith("      hint: inputs not normalized") and "set data.normalize=per_channel" in hint
@@ -61,7 +43,7 @@ def test_unnormalized_inputs_fail_the_initial_loss_check_with_the_normalization_
 def test_saturated_initialization_is_named():
     code, lines = checks("configs/quickstart.yaml", "model.activation=tanh", "model.init=gaussian", "model.init_std=1.0")
     assert code == 1
-    fail = lines.index(line(lines, "initial loss"))
+    fail = lines.index(check_line(lines, "initial loss"))
     assert lines[fail].startswith("FAIL") and lines[fail + 1].startswith("      hint: saturated initialization: ")
     assert "Tanh units are saturated" in lines[fail + 1]
 

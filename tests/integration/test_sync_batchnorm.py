@@ -11,13 +11,13 @@ from torch import nn
 
 from dist_train.config import load_config
 from dist_train.env import DistEnv
-from dist_train.resolve import resolve
 from dist_train.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from dist_train.trainer import Trainer
 from tests.conftest import REPO
+from tests.helpers import CHANNELS, affine_init
 from tests.multiproc import run_workers, to_numpy
 
-CHANNELS = 3
+
 STEPS = 2  # two training steps: the running statistics are updated twice
 
 
@@ -28,12 +28,6 @@ def case_data(shape_tail, sizes, dtype, step):
     x = (torch.randn(total, CHANNELS, *shape_tail, generator=gen) * 2.0 + 0.5).to(dtype)
     g = torch.randn(total, CHANNELS, *shape_tail, generator=gen).to(dtype)
     return x, g
-
-
-def affine_init(bn):
-    with torch.no_grad():
-        bn.weight.copy_(torch.linspace(0.5, 1.5, CHANNELS))
-        bn.bias.copy_(torch.linspace(-0.2, 0.2, CHANNELS))
 
 
 def run_case(bn, shape_tail, sizes, dtype, lo, hi):
@@ -80,6 +74,8 @@ CASES = [
     ((), (6, 0)),
     ((2, 3, 3), (2, 3)),     # BatchNorm3d
 ]
+
+
 DTYPES = {"float64": 1e-6, "float32": 1e-5}
 
 
@@ -229,13 +225,6 @@ def test_gradcheck_of_the_custom_function_across_two_processes():
     assert run_workers(gradcheck_worker, 2, timeout_s=120) == [True, True]
 
 
-def test_gradcheck_single_process():
-    bn = SyncBatchNorm(CHANNELS).double()
-    affine_init(bn)
-    x = torch.randn(6, CHANNELS, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(bn, (x,), eps=1e-6, atol=1e-6)
-
-
 # ------------------------------------------------------------ in the trainer
 
 CNN = ["model.sync_batchnorm={}", "train.max_steps=8", "train.grad_accum_steps=1", "dist.device=cpu",
@@ -270,25 +259,6 @@ def test_sync_batchnorm_with_gradient_accumulation_keeps_every_rank_identical():
     assert r0["net.1.num_batches_tracked"] == 16  # 8 steps x 2 micro-batches
 
 
-def test_conversion_keeps_parameters_and_state_dict_keys():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    converted = convert_sync_batchnorm(model, DistEnv(world_size=2, rank=0))
-    assert isinstance(converted[1], SyncBatchNorm) and isinstance(converted[2][1], SyncBatchNorm)
-    after = converted.state_dict()
-    assert after.keys() == before.keys()
-    assert all(torch.equal(after[k], before[k]) for k in before)
-    # one worker: nothing to synchronize
-    plain = nn.Sequential(nn.BatchNorm1d(3))
-    assert convert_sync_batchnorm(plain, DistEnv()) is plain and isinstance(plain[0], nn.BatchNorm1d)
-
-
-def test_sync_batchnorm_without_batch_norm_layers_warns():
-    with pytest.warns(UserWarning, match="has no batch-norm layer"):
-        convert_sync_batchnorm(nn.Sequential(nn.Linear(2, 2)), DistEnv())
-
-
 # ------------------------------------------------------- a user's own batch norm
 
 def _frozen_bn():
@@ -307,6 +277,8 @@ VARIANTS = {  # name: (plain layer, input shape after channels, dtype)
     "frozen": (_frozen_bn, (4, 4), "float32"),
     "BatchNorm3d": (lambda: nn.BatchNorm3d(CHANNELS), (2, 3, 3), "float32"),
 }
+
+
 VARIANT_SIZES = {2: (5, 3), 3: (3, 0, 4)}
 
 
@@ -394,29 +366,6 @@ def test_converted_user_batch_norm_trains_as_plain_batch_norm_on_the_whole_batch
                                        rtol=tol, atol=tol, err_msg=f"step {step}, {name}")
 
 
-def test_conversion_keeps_the_layer_objects_training_mode_hooks_and_attributes():
-    frozen = nn.BatchNorm2d(2, bias=False).double().eval()
-    frozen.weight.requires_grad_(False)
-    frozen.qconfig = "a user's attribute"
-    seen = []
-    handle = frozen.register_forward_hook(lambda module, args, out: seen.append(type(module)))
-    model = nn.Sequential(frozen, nn.BatchNorm1d(2, affine=False, track_running_stats=False))
-    tensors = {k: v for k, v in model.state_dict(keep_vars=True).items()}
-    converted = convert_sync_batchnorm(model, DistEnv(world_size=2, rank=0))
-    bn = converted[0]
-    assert isinstance(bn, SyncBatchNorm) and isinstance(converted[1], SyncBatchNorm)
-    after = converted.state_dict(keep_vars=True)
-    assert after.keys() == tensors.keys() and all(after[k] is v for k, v in tensors.items())
-    assert bn.bias is None and converted[1].weight is None and converted[1].running_mean is None
-    assert not bn.training and converted[1].training
-    assert bn.weight.dtype == torch.float64 and not bn.weight.requires_grad
-    assert bn.qconfig == "a user's attribute"
-    bn(torch.randn(3, 2, 2, 2, dtype=torch.float64))  # eval: local, nothing to communicate
-    handle.remove()
-    bn(torch.randn(3, 2, 2, 2, dtype=torch.float64))
-    assert seen == [SyncBatchNorm]
-
-
 def eval_without_running_stats_worker(env):
     """Rank 0 evaluates a layer without running statistics while rank 1 only
     waits, on a group that gives up after 10 s, for rank 0 to finish. Any
@@ -442,6 +391,8 @@ def test_eval_without_running_statistics_uses_this_ranks_batch_and_communicates_
 
 
 OFFSETS = (1e5, 1e6)
+
+
 OFFSET_SIZES = (7, 9)
 
 

@@ -93,14 +93,12 @@ def test_batch_not_divisible_by_workers_is_named_at_launch(tmp_path):
     assert "30, 33" in proc.stderr
 
 
-@pytest.mark.slow
-def test_a_worker_failing_fails_the_launch_with_one_clear_line(tmp_path):
-    # the shape mismatch is only found once a worker has loaded the data
+def test_a_model_that_does_not_fit_the_data_is_refused_before_any_worker_starts(tmp_path):
+    # a CNN on flat features: found from the data's shape by launch itself
     proc = cli("launch", "--nproc-per-node", "2", "configs/cpu_test.yaml", "model.name=cnn", f"run.dir={tmp_path}")
-    assert proc.returncode == 1
-    assert "cnn needs image inputs" in proc.stderr
-    assert "dist-train launch: workers failed (first failure: rank" in proc.stderr
-    assert "exit code 2)" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("dist-train: error: config key 'model.name': cnn needs image inputs")
+    assert proc.stdout == "" and proc.stderr.strip().count("\n") == 0 and not any(tmp_path.iterdir())
 
 
 def test_version():

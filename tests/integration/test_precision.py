@@ -2,31 +2,28 @@
 autocast with a dynamic loss scaler under DDP (torch's CPU autocast supports
 both). The scaler's state is checkpointed and an overflow skips the step and
 lowers the scale. The GPU variants (fp16 under DeepSpeed, NCCL) are in
-tests/test_gpu.py and skip without CUDA."""
+tests/integration/test_gpu.py and skip without CUDA; fp16 under DeepSpeed on
+CPU is refused (tests/unit/test_precision.py)."""
 
 import json
-from pathlib import Path
 
-import pytest
 import torch
 
 from dist_train.config import load_config
 from dist_train.env import DistEnv
-from dist_train.errors import ConfigError
-from dist_train.resolve import resolve
 from dist_train.run import run
 from dist_train.parts import build_parts
-from dist_train.strategy import Precision
 from dist_train.trainer import Trainer
+from tests.conftest import REPO
+from tests.helpers import SMALL_FP16, final_state, sigterm_at
 from tests.multiproc import run_workers
-from tests.test_resume import final_state, sigterm_at
 
-REPO = Path(__file__).resolve().parent.parent
+
 DIGITS = ["run.progress=false", "train.epochs=12", "wandb.mode=disabled", "dist.device=cpu"]
 
 
 def test_accuracy(env, precision, strategy):
-    cfg = load_config(REPO / "configs/quickstart.yaml", DIGITS + [f"train.precision={precision}",
+    cfg = load_config(f"{REPO}/configs/quickstart.yaml", DIGITS + [f"train.precision={precision}",
                                                                    f"strategy.name={strategy}"])
     result = Trainer.build(cfg, env).fit()
     return result.test["accuracy"]
@@ -55,17 +52,11 @@ def test_bf16_and_fp16_train_the_digits_mlp_to_the_fp32_accuracy_band():
         assert abs(accuracy - reference) <= 0.03, f"{key}: {accuracy:.3f} against fp32's {reference:.3f}"
 
 
-SMALL = ["data.source=synthetic", "data.num_samples=600", "data.num_features=12", "data.num_classes=3",
-         "model.hidden_sizes=[16]", "optim.name=adam", "optim.lr=0.01", "train.global_batch_size=64",
-         "train.epochs=3", "train.stop_check_every_steps=1", "checkpoint.every_steps=5", "dist.device=cpu",
-         "train.precision=fp16", "wandb.mode=disabled", "run.progress=false"]
-
-
 def test_fp16_loss_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert run(load_config(None, SMALL + [f"run.dir={whole}"]), DistEnv()) == 0
-    assert run(load_config(None, SMALL + [f"run.dir={broken}"]), DistEnv(), sigterm_at(10)) == 75
-    assert run(load_config(None, SMALL + [f"run.dir={broken}"]), DistEnv()) == 0
+    assert run(load_config(None, SMALL_FP16 + [f"run.dir={whole}"]), DistEnv()) == 0
+    assert run(load_config(None, SMALL_FP16 + [f"run.dir={broken}"]), DistEnv(), sigterm_at(10)) == 75
+    assert run(load_config(None, SMALL_FP16 + [f"run.dir={broken}"]), DistEnv()) == 0
     a, b = final_state(whole), final_state(broken)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
@@ -85,7 +76,8 @@ def huge_initial_scale(cfg, env, resolved, comm):
 
 
 def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path):
-    assert run(load_config(None, SMALL + ["train.epochs=6", f"run.dir={tmp_path}"]), DistEnv(), huge_initial_scale) == 0
+    assert run(load_config(None, SMALL_FP16 + ["train.epochs=6", f"run.dir={tmp_path}"]), DistEnv(),
+               huge_initial_scale) == 0
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in records if r["event"] == "skipped_step"]
     assert skipped and all(r["reason"] == "fp16 overflow" for r in skipped)
@@ -93,12 +85,3 @@ def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path):
     assert scales == sorted(scales, reverse=True) and scales[-1] < 2.0**24
     test = [r for r in records if r["event"] == "test"][0]
     assert test["test_accuracy"] > 0.8  # training went on once the scale fitted
-
-
-def test_fp16_under_deepspeed_on_cpu_is_refused_with_the_alternatives():
-    pytest.importorskip("deepspeed")
-    from dist_train.strategy.deepspeed import DeepSpeedStrategy
-
-    cfg = load_config(None, SMALL + ["strategy.name=deepspeed"])
-    with pytest.raises(ConfigError, match="train.precision=bf16"):
-        DeepSpeedStrategy(cfg, DistEnv(), resolve(cfg, 1), torch.nn.Linear(2, 2), None, Precision("fp16", "cpu"))

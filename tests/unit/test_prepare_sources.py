@@ -1,10 +1,9 @@
-"""`dist-train prepare arrays | imagefolder | csv`: shards from files people have
-on disk, written from real .npy/.npz, PNG/JPEG and CSV files and read back."""
+"""`dist-train prepare arrays | imagefolder | csv` in this process: shards from
+files people have on disk, written from real .npy/.npz, PNG/JPEG and CSV files
+and read back. (The command line: tests/e2e/test_prepare_sources.py.)"""
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.data.shards import iter_blocks, load_manifest, verify_shard
 from dist_train.data.sources import split_indices
 from dist_train.errors import DistTrainError
-from tests.conftest import REPO
+from tests.helpers import write_csv
 
 
 def options(out, **kw):
@@ -238,11 +237,6 @@ def test_image_folder_layout_mistakes_are_named(tmp_path):
 
 # ----------------------------------------------------------------- CSV
 
-def write_csv(path, rows):
-    path.write_text("\n".join(",".join(map(str, row)) for row in rows) + "\n")
-    return path
-
-
 def test_csv_with_named_classes_round_trips(tmp_path):
     rng = np.random.default_rng(3)
     features = np.round(rng.normal(size=(60, 3)), 4)
@@ -358,24 +352,3 @@ def test_verify_checks_the_targets_against_the_manifest(tmp_path):
     problems = verify_shard(load_manifest(m.root), m.splits["train"][0])
     assert len(problems) == 1
     assert "targets (14, 2) float32, expected (n, 3) and (n, 3) float32 (regression)" in problems[0]
-
-
-def test_command_line_prepares_a_csv_and_names_a_bad_cell_in_one_line(tmp_path):
-    rows = [["a", "b", "price"]] + [[i, i % 7, i * 1.5] for i in range(30)]
-    good = write_csv(tmp_path / "good.csv", rows)
-    rows[3][0] = "twelve"  # line 4 of the file
-    bad = write_csv(tmp_path / "bad.csv", rows)
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "launcher", "prepare", "csv", *args, "--shards", "2"],
-                              capture_output=True, text=True, timeout=120, cwd=REPO)
-
-    ok = cli("--csv", str(good), "--target", "price", "--features", "b,a", "--out", str(tmp_path / "ok"))
-    assert ok.returncode == 0, ok.stderr
-    assert "train 22 samples in 2 shards" in ok.stdout and "regression, targets ()" in ok.stdout
-    assert load_manifest(tmp_path / "ok").input_shape == (2,)
-    proc = cli("--csv", str(bad), "--target", "price", "--out", str(tmp_path / "out"))
-    assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [f"dist-train: error: {bad} line 4, column 'a': 'twelve' is not a (finite) "
-                                        "number; fix the value, or leave the column out of --features"]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

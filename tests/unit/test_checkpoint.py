@@ -1,0 +1,79 @@
+"""Checkpoint files without a training run: the RNG state through a
+weights-only file, retention, and kill -9 during a save (a small process
+saving with the Checkpointer) leaving the previous checkpoint loadable."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dist_train.checkpoint import MANIFEST, apply_retention, find_latest_valid
+from dist_train.rng import rng_state, set_rng_state
+from tests.conftest import REPO
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_retention_keeps_the_last_k_and_the_best(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in range(1, 7):
+        (root / f"step-{step:08d}").mkdir(parents=True)
+        (root / f"step-{step:08d}" / MANIFEST).write_text("{}")
+    (root / "step-00000003" / MANIFEST).unlink()  # an abandoned save, older than valid ones
+    removed = apply_retention(tmp_path, keep_last=2, best_step=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000005", "step-00000006"]
+    assert len(removed) == 3
+
+
+SAVER = """
+import sys, torch
+from pathlib import Path
+from dist_train.checkpoint import CheckpointParts, Checkpointer
+from dist_train.comm import Comm
+from dist_train.env import DistEnv
+
+class Part:
+    def __init__(self, state): self.state = state
+    def state_dict(self): return self.state
+    def load_state_dict(self, state): self.state = state
+
+model, trainer = Part({"w": torch.randn(2_000_000)}), Part({"step": 0})  # 8 MB: a save takes a moment
+checkpointer = Checkpointer(Path(sys.argv[1]), Comm(), DistEnv(), 60.0, keep_last=1000)
+for step in range(1, 1000):
+    print(f"saving {step}", flush=True)
+    trainer.state = {"step": step}
+    checkpointer.save(step, CheckpointParts({"model.pt": model, "trainer.pt": trainer}, {"r": Part({"r": step})}), {})
+    checkpointer.wait()
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path, seed):
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    target = 3 + random.Random(seed).randrange(4)
+    try:
+        for line in proc.stdout:  # kill the moment the save of step `target` begins
+            if line.strip() == f"saving {target}":
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    info = find_latest_valid(tmp_path, warn=lambda m: None)
+    assert info is not None and info.global_step in (target - 1, target)
+    assert torch.load(info.path / "trainer.pt", weights_only=True)["step"] == info.global_step
+    assert torch.load(info.path / "model.pt", weights_only=True)["w"].shape == (2_000_000,)
