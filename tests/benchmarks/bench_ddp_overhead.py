@@ -36,9 +36,9 @@ def driver(args: argparse.Namespace) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     subprocess.run(cmd, check=True, env=env, cwd=REPO)
     results = json.loads(out.read_text())
-    print(f"\n{'model':<22}{'hand-written DDP':>18}{'dist-train':>14}{'ratio':>8}")
+    print(f"\n{'model':<38}{'hand-written DDP':>18}{'dist-train':>14}{'ratio':>8}")
     for r in results["models"]:
-        print(f"{r['model']:<22}{r['handwritten_samples_per_s']:>15,.0f}/s{r['dist_train_samples_per_s']:>11,.0f}/s"
+        print(f"{r['model']:<38}{r['handwritten_samples_per_s']:>15,.0f}/s{r['dist_train_samples_per_s']:>11,.0f}/s"
               f"{r['ratio']:>8.3f}")
     print(f"(world size {results['world_size']}, global batch {results['global_batch_size']}, "
           f"{results['rounds']} rounds of one short epoch each, ratio = median of per-round ratios) -> {out}")
@@ -70,14 +70,22 @@ def worker(args: argparse.Namespace) -> None:
 
     results = []
     with process_group(env, 120):
-        # each round about half a second: the small model gets 4x the samples
-        for hidden, n in (([64], args.samples), ([512, 512], args.samples // 4)):
+        # each round about half a second: the small model gets 4x the samples. The
+        # third is a user's model (examples/residual_mlp/nets.py, with batch norm),
+        # named by model.class_path on our side and built directly on the other.
+        user = f"{REPO}/examples/residual_mlp/nets.py:ResidualMLP"
+        cases = (("mlp 784-64-10", ["model.hidden_sizes=[64]"], args.samples),
+                 ("mlp 784-512-512-10", ["model.hidden_sizes=[512,512]"], args.samples // 4),
+                 ("user ResidualMLP (256, 2 blocks, BN)", [f"model.class_path={user}",
+                                                          "model.init_args={width: 256, blocks: 2, dropout: 0.0}"],
+                  args.samples // 4))
+        for label, model_keys, n in cases:
             n -= n % B
             X, Y = X_all[:n], Y_all[:n]
             small = Split(X[:256], Y[:256])
             splits = Splits(Split(X, Y), small, small, (784,), 10)
-            overrides = [f"model.hidden_sizes={hidden}", "optim.name=adam", "optim.lr=0.001",
-                         f"train.global_batch_size={B}", "dist.device=cpu"]
+            overrides = [*model_keys, "optim.name=adam", "optim.lr=0.001", f"train.global_batch_size={B}",
+                         "dist.device=cpu", "data.normalize=none"]
             cfg = load_config(None, overrides)
             data = InMemoryData(splits, env, B, 1, cfg.train.seed, drop_last=False)
             trainer = Trainer.build(cfg, env, data=data)
@@ -107,7 +115,7 @@ def worker(args: argparse.Namespace) -> None:
 
             def dist_train_epoch(epoch: int) -> int:
                 trainer.state.epoch, trainer.state.step_in_epoch = epoch, 0
-                return trainer.train_epoch()
+                return trainer.train_epoch()[1]
 
             hand, ours = [], []
             timed(handwritten_epoch, 0)  # warm-up both paths
@@ -119,7 +127,7 @@ def worker(args: argparse.Namespace) -> None:
             h = len(hand) / sum(1 / v for v in hand)  # all samples over all time (equal samples per round)
             o = len(ours) / sum(1 / v for v in ours)
             ratio = statistics.median(a / b for a, b in zip(ours, hand))
-            results.append({"model": "mlp 784-" + "-".join(map(str, hidden)) + "-10", "samples_per_round": n,
+            results.append({"model": label, "samples_per_round": n,
                              "handwritten_samples_per_s": h, "dist_train_samples_per_s": o, "ratio": ratio,
                              "handwritten_rounds": hand, "dist_train_rounds": ours})
     if env.is_rank0:
