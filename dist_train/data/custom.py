@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dist_train.config import DataConfig
-from dist_train.data.loader import Batch, TrainStep
+from dist_train.data.loader import Batch, TrainStep, reader_context
 from dist_train.data.normalization import Normalizer, Stats, streamed_stats
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
 from dist_train.env import DistEnv
@@ -161,7 +161,8 @@ def _loader(dataset: Dataset, batches: list[list[int]], workers: int, seed: int)
         return iter(())
     return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
                            prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed),
-                           worker_init_fn=ignore_stop_signals if workers else None))
+                           worker_init_fn=ignore_stop_signals if workers else None,
+                           multiprocessing_context=reader_context() if workers else None))
 
 
 def _num_classes(dataset: Dataset) -> int:

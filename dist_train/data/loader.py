@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -62,6 +62,17 @@ class TrainData(Protocol):
         """A few samples, the same on every rank: one forward pass checks that
         the model's outputs fit the targets before the first step."""
         ...
+
+
+def reader_context() -> Any:
+    """The multiprocessing context of DataLoader reader processes: forked where
+    the platform can, whatever the process's default. A forked reader inherits
+    the dataset as it is in memory, even a class loaded from a file named by
+    data.class_path, which a spawned one could not import (a worker started by
+    a spawning parent would otherwise spawn its readers too)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 class InMemoryLoader:

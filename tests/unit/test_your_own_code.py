@@ -1,0 +1,157 @@
+"""Your own model and data named in a config: class_path resolution, the
+arguments passed, and every mistake found before the first step with a
+message naming the config key (tests/user_project holds the user's files)."""
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dist_train.comm import Comm
+from dist_train.config import load_config
+from dist_train.data import build_data
+from dist_train.data.loader import Batch
+from dist_train.env import DistEnv
+from dist_train.errors import ConfigError
+from dist_train.losses import build_loss
+from dist_train.metrics import evaluate
+from dist_train.models import build_model, check_outputs
+from dist_train.parts import build_parts
+from dist_train.preflight import check_job
+from dist_train.resolve import resolve
+from tests.conftest import REPO
+
+PROJECT = f"{REPO}/tests/user_project"
+NETS, DATA = f"{PROJECT}/nets.py", f"{PROJECT}/data.py"
+CUSTOM = ["data.source=custom", f"data.class_path={DATA}:make_splits", "data.loader_workers=0", "dist.device=cpu"]
+
+
+def parts(*overrides):
+    cfg = load_config(None, [*CUSTOM, *overrides])
+    return build_parts(cfg, DistEnv(), resolve(cfg, 1), Comm())
+
+
+def test_a_model_file_next_to_the_config_is_found_and_given_what_it_asks_for(tmp_path):
+    (tmp_path / "nets.py").write_text(open(NETS).read())
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"model": {"class_path": "nets.py:SmallBNNet",
+                                                                 "init_args": {"width": 7}}}))
+    cfg = load_config(tmp_path / "run.yaml", [])
+    assert cfg.model.class_path == f"{tmp_path}/nets.py:SmallBNNet"  # absolute: every worker finds the same file
+    model = build_model(cfg.model, (1, 8, 8), 10)
+    assert type(model).__name__ == "SmallBNNet" and model.body[1].in_features == 64 and model.body[1].out_features == 7
+    assert model.body[-1].out_features == 10  # num_classes passed because __init__ asks for it
+
+
+def test_an_import_path_and_a_factory_function_work_too():
+    sys.path.insert(0, REPO)
+    try:
+        cfg = load_config(None, ["model.class_path=tests.user_project.nets.regressor", "model.init_args={width: 5}"])
+        model = build_model(cfg.model, (4,), 2, task="regression")  # num_outputs: the factory asks for it
+        assert model(torch.zeros(3, 4)).shape == (3, 2)
+    finally:
+        sys.path.remove(REPO)
+
+
+@pytest.mark.parametrize("overrides, key, words", [
+    (["model.class_path=no_such_pkg.nets.Net"], "model.class_path",
+     "cannot import module 'no_such_pkg.nets' to find 'Net' (No module named 'no_such_pkg')"),
+    ([f"model.class_path={NETS}:Missing"], "model.class_path", "has no 'Missing' (hint: it defines: Needs, SmallBNNet"),
+    ([f"model.class_path={PROJECT}/gone.py:Net"], "model.class_path", "does not exist"),
+    ([f"model.class_path={NETS}:SmallBNNet", "model.init_args={widht: 3}"], "model.init_args.widht",
+     "is not a parameter of SmallBNNet (hint: it takes: input_shape, num_classes, width, dropout)"),
+    ([f"model.class_path={NETS}:Needs"], "model.init_args", "does not give 'depth', which Needs needs"),
+    ([f"model.class_path={NETS}:not_a_module"], "model.class_path", "returned a str, not a torch nn.Module"),
+    ([f"model.class_path={NETS}:wrong_outputs"], "model.class_path",
+     "the model's outputs have shape (2, 4) for a batch of 2, but the targets need (2, 3)"),
+    ([f"data.class_path={DATA}:not_three"], "data.class_path", "returned a list of 1, not the train, validation and test"),
+    ([f"data.class_path={DATA}:raising"], "data.class_path",
+     "calling raising(**init_args) failed: ValueError: cannot read 10 samples from /nowhere"),
+    ([f"data.class_path={DATA}:bad_items"], "data.class_path", "a dataset item is a dict"),
+    ([f"data.class_path={DATA}:make_splits", "data.init_args={n_train: 0}"], "data.class_path",
+     "the train split from make_splits is empty"),
+])
+def test_each_mistake_in_your_code_is_named_before_the_first_step(overrides, key, words):
+    with pytest.raises(ConfigError) as info:
+        parts(*overrides)
+    assert info.value.key == key and words in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("overrides, key, words", [
+    ([f"model.class_path={NETS}:SmallBNNet", "model.hidden_sizes=[8]"], "model.hidden_sizes",
+     "is set but model.class_path builds the model"),
+    (["model.init_args={width: 3}"], "model.init_args", "model.class_path is empty"),
+    (["data.source=custom"], "data.class_path", "is empty but data.source is 'custom'"),
+    ([f"data.class_path={DATA}:make_splits"], "data.class_path", "is set but data.source is not 'custom'"),
+    (["model.class_path=not a path"], "model.class_path", "is neither an import path nor a file and a name"),
+])
+def test_config_rules_for_class_paths(overrides, key, words):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert info.value.key == key and words in str(info.value)
+
+
+def test_a_launcher_finds_an_unimportable_class_path_without_building_anything():
+    cfg = load_config(None, [*CUSTOM[:1], "data.class_path=nowhere_at_all.make", "dist.device=cpu"])
+    with pytest.raises(ConfigError, match="data.class_path.*cannot import module 'nowhere_at_all'"):
+        check_job(cfg, 2)
+
+
+def test_a_custom_dataset_tells_its_task_classes_and_shapes():
+    data = parts(f"model.class_path={NETS}:SmallBNNet").data
+    assert (data.task, data.num_classes, data.num_outputs, data.input_shape) == ("classification", 3, 3, (6,))
+    regression = parts(f"model.class_path={NETS}:regressor", "data.init_args={regression: true}", "train.loss=mse").data
+    assert (regression.task, regression.num_classes, regression.num_outputs) == ("regression", 0, 1)
+
+
+def test_the_loss_and_monitors_must_fit_the_task():
+    with pytest.raises(ConfigError, match="train.loss.*'cross_entropy' does not fit.*real values.*mse, l1, huber"):
+        check_job(load_config(None, ["data.source=diabetes"]), 1)
+    with pytest.raises(ConfigError, match="early_stopping.monitor.*'val_accuracy' is not measured for regression"):
+        check_job(load_config(None, ["data.source=diabetes", "train.loss=mse", "early_stopping.monitor=val_accuracy"]), 1)
+    with pytest.raises(ConfigError, match="train.loss.*'huber' does not fit.*class indices"):
+        check_job(load_config(None, ["train.loss=huber"]), 1)
+    with pytest.raises(ConfigError, match="train.loss.*'l1'"):  # a custom source: found when its data is built
+        parts(f"model.class_path={NETS}:SmallBNNet", "train.loss=l1")
+
+
+def test_regression_losses_and_metrics_against_their_formulas():
+    outputs = torch.tensor([[1.0, 2.0], [0.5, -1.0], [2.0, 0.0]])
+    targets = torch.tensor([[0.0, 2.0], [1.5, -1.5], [2.0, 1.0]])
+    error = outputs - targets
+    assert torch.allclose(build_loss("mse", "regression")(outputs, targets, reduction="none"), (error ** 2).mean(1))
+    assert torch.allclose(build_loss("l1", "regression")(outputs, targets, reduction="none"), error.abs().mean(1))
+    huber = torch.nn.functional.huber_loss(outputs, targets, reduction="none").mean(1)
+    assert torch.allclose(build_loss("huber", "regression")(outputs, targets), huber.sum())
+    model = torch.nn.Identity()
+    batches = [Batch(outputs[:2], targets[:2]), Batch(outputs[2:], targets[2:])]
+    got = evaluate(model, batches, build_loss("mse", "regression"), Comm(), "cpu", "regression", 2)
+    y, p = targets.double().numpy(), outputs.double().numpy()
+    r2 = np.mean([1 - ((y[:, j] - p[:, j]) ** 2).sum() / ((y[:, j] - y[:, j].mean()) ** 2).sum() for j in range(2)])
+    assert got["mse"] == pytest.approx(((y - p) ** 2).mean()) and got["mae"] == pytest.approx(np.abs(y - p).mean())
+    assert got["r2"] == pytest.approx(r2) and got["loss"] == pytest.approx(((y - p) ** 2).mean())
+    # one value per sample: (N,) targets against (N, 1) outputs
+    single = evaluate(model, [Batch(outputs[:, :1], targets[:, 0])], build_loss("mse", "regression"), Comm(), "cpu",
+                      "regression", 1)
+    assert single["mse"] == pytest.approx(((y[:, 0] - p[:, 0]) ** 2).mean())
+
+
+def test_a_model_is_checked_with_one_forward_pass():
+    model = torch.nn.Linear(4, 3)
+    check_outputs(model, torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), "classification", 3)
+    with pytest.raises(ConfigError, match="forward pass on inputs of shape \\(2, 5\\) failed"):
+        check_outputs(model, torch.zeros(2, 5), torch.zeros(2, dtype=torch.long), "classification", 3)
+    check_outputs(torch.nn.Sequential(torch.nn.Linear(4, 1), torch.nn.Flatten(0)), torch.zeros(2, 4), torch.zeros(2),
+                  "regression", 1)  # (N,) outputs for one real value per sample
+
+
+def test_built_in_tabular_sources_load_without_download():
+    for source, task, shape in (("breast_cancer", "classification", (30,)), ("wine", "classification", (13,)),
+                                ("diabetes", "regression", (10,))):
+        cfg = load_config(None, [f"data.source={source}", "data.normalize=per_feature",
+                                 *(["train.loss=mse"] if task == "regression" else [])])
+        data = build_data(cfg, DistEnv(), resolve(cfg, 1), Comm())
+        assert (data.task, data.input_shape) == (task, shape)
+        assert math.isclose(float(data.splits.train.inputs.mean()), 0.0, abs_tol=1e-5)  # per-feature normalized
