@@ -8,8 +8,8 @@ of each global batch), so every sample is used once per epoch across ranks,
 a ragged last batch is still the exact mean over its samples, and a
 checkpoint resumes mid-epoch exactly. Items are fetched by `data.loader_workers`
 DataLoader processes (through the dataset's `__getitems__` when it has one:
-DataLoader calls it with a whole micro-batch of indices) and collated by
-stacking. Evaluation splits are dealt to ranks in contiguous shares.
+DataLoader calls it with a whole micro-batch of indices; it may return the
+items, or the batch as two stacked tensors) and collated by stacking. Evaluation splits are dealt to ranks in contiguous shares.
 
 Targets decide the task: integer class indices (classification; the number of
 classes is the dataset's `num_classes` or `len(classes)` attribute, else the
@@ -67,7 +67,12 @@ def _kind(value: Any) -> str:
 
 
 def collate(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, target) items to two stacked tensors; the first wrong item is named."""
+    """(input, target) items to two stacked tensors; the first wrong item is
+    named. A `__getitems__` may also return the batch itself, a tuple of two
+    stacked tensors (inputs, targets): then nothing is left to stack."""
+    if (isinstance(items, tuple) and len(items) == 2 and all(isinstance(t, torch.Tensor) for t in items)
+            and items[0].dim() >= 1 and items[1].dim() >= 1 and len(items[0]) == len(items[1])):
+        return items[0], items[1]
     inputs, targets = [], []
     for index, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) != 2:

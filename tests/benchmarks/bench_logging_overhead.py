@@ -83,7 +83,7 @@ def main() -> int:
             trainer = trainers[name]
             trainer.state.epoch += 1
             start = time.perf_counter()
-            samples = trainer.train_epoch()
+            samples = trainer.train_epoch()[1]
             rates[name].append(samples / (time.perf_counter() - start))
             trainer.state.step_in_epoch = 0
     for tracker in trackers:

@@ -102,7 +102,7 @@ def consumption_worker(out: str, samples: int) -> None:
                 dist.barrier()
                 start = time.perf_counter()
                 trainer.state.epoch, trainer.state.step_in_epoch = epoch, 0
-                n = trainer.train_epoch()
+                n = trainer.train_epoch()[1]
                 dist.barrier()
                 rates.append(n / (time.perf_counter() - start))
             result[name] = statistics.median(rates[1:]) / env.world_size  # per rank

@@ -155,3 +155,38 @@ def test_built_in_tabular_sources_load_without_download():
         data = build_data(cfg, DistEnv(), resolve(cfg, 1), Comm())
         assert (data.task, data.input_shape) == (task, shape)
         assert math.isclose(float(data.splits.train.inputs.mean()), 0.0, abs_tol=1e-5)  # per-feature normalized
+
+
+def test_a_sweep_searches_over_your_models_init_args(tmp_path):
+    import io
+
+    from launcher.tools.sweep.scheduler import SweepScheduler
+    from launcher.tools.sweep.spec import load_sweep
+    from launcher.tools.sweep.trials import trial_config
+
+    (tmp_path / "nets.py").write_text(open(NETS).read())
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": {"class_path": "nets.py:SmallBNNet",
+                                                                  "init_args": {"width": 8, "dropout": 0.1}}}))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "base": "base.yaml", "method": "grid", "space": {"model.init_args.width": {"choice": [8, 32]}},
+        "out_dir": str(tmp_path / "out")}))
+    spec = load_sweep(tmp_path / "sweep.yaml")
+    out = io.StringIO()
+    assert SweepScheduler(spec, out=out).dry_run() == 0
+    configs = [trial_config(spec.base, spec.name, spec.out_dir, i, {"model.init_args.width": w})
+               for i, w in enumerate((8, 32))]
+    assert [c.model.init_args for c in configs] == [{"width": 8, "dropout": 0.1}, {"width": 32, "dropout": 0.1}]
+    assert all(c.model.class_path == f"{tmp_path}/nets.py:SmallBNNet" for c in configs)  # next to the base config
+    assert build_model(configs[1].model, (4,), 3).body[1].out_features == 32
+
+
+def test_getitems_may_return_the_batch_as_two_stacked_tensors():
+    from dist_train.data.custom import collate
+
+    x, y = torch.arange(12.0).reshape(4, 3), torch.tensor([0, 1, 0, 2])
+    got = collate((x, y))  # what a __getitems__ returning the batch itself gives
+    assert got[0] is x and got[1] is y
+    stacked = collate([(x[i], y[i]) for i in range(4)])  # a list of items
+    assert torch.equal(stacked[0], x) and torch.equal(stacked[1], y)
+    with pytest.raises(ConfigError, match="inputs of different shapes"):
+        collate([(torch.zeros(3), 0), (torch.zeros(4), 1)])
