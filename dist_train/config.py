@@ -57,6 +57,10 @@ class DataConfig:
     # Keep the last, smaller global batch of an epoch (every sample seen once per
     # epoch) or drop it (every step has the full global batch).
     drop_last: bool = False
+    # none: shards streamed, custom items fetched every step, built-in sets held on
+    # the device; host / device: every split read once, normalized, and kept in
+    # host memory (pinned, for a GPU) or on the device; batches are cut there
+    cache: Literal["none", "host", "device"] = "none"
     # synthetic source only: Gaussian class blobs
     num_samples: int = 512
     num_features: int = 32
@@ -119,6 +123,8 @@ class TrainConfig:
     # how often the ranks agree on a pending stop request (SIGTERM/SIGUSR1); one
     # small all-reduce each time
     stop_check_every_steps: int = 50
+    # run the model through torch.compile (costs start-up time: see README, Performance)
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -536,6 +542,9 @@ def validate(config: Config) -> None:
         if key in DEEPSPEED_OWNED_ZERO:
             raise ConfigError(f"strategy.deepspeed_config.zero_optimization.{key}", "is derived from our config",
                               f"set {DEEPSPEED_OWNED_ZERO[key]} instead")
+    if t.compile and st.name == "deepspeed":
+        raise ConfigError("train.compile", "is not supported with strategy.name=deepspeed",
+                          "use strategy.name=ddp (or auto) to compile the model")
     if st.offload_params != "none" and st.zero_stage != 3:
         raise ConfigError("strategy.offload_params", "needs strategy.zero_stage=3 (only stage 3 shards parameters)")
     if st.offload_optimizer != "none" and st.zero_stage == 0:

@@ -38,7 +38,8 @@ def check_data(cfg: Config, world_size: int) -> DataFacts:
         from dist_train.data.stream import check_shard_readers
 
         manifest = load_manifest(d.path)
-        check_shard_readers(manifest, world_size, d.loader_workers)
+        if d.cache == "none":  # cached shards are read whole by every rank: no readers to deal shards to
+            check_shard_readers(manifest, world_size, d.loader_workers)
         return DataFacts(manifest.input_shape, manifest.task)
     if d.source == "custom":
         from dist_train.data.custom import KEY
@@ -56,17 +57,33 @@ def build_data(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None 
     and test datasets of a custom source, when the caller has them already
     (the Python API)."""
     d = cfg.data
-    if d.source == "shards":
+    if d.source == "shards" and d.cache == "none":
         from dist_train.data.stream import ShardData
 
         return ShardData(d, env, resolved.per_rank_batch_size, resolved.grad_accum_steps, cfg.train.seed, comm)
-    if d.source == "custom" or splits is not None:
+    if d.source == "shards":
+        from dist_train.data.cache import shard_splits
+        from dist_train.data.normalization import Normalizer
+        from dist_train.data.stream import open_manifest
+
+        manifest = open_manifest(d.path, comm or Comm.of(env), verify=d.verify)
+        in_memory = shard_splits(manifest, Normalizer(manifest.normalization, manifest.input_shape, d.normalize, "cpu"))
+    elif d.source == "custom" or splits is not None:
         from dist_train.data.custom import CustomData, check_splits, make_splits
 
         splits = check_splits(splits, "the data given") if splits is not None else make_splits(d)
-        return CustomData(splits, d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed)
-    return InMemoryData(build_splits(d), env, resolved.global_batch_size, resolved.grad_accum_steps,
-                        cfg.train.seed, d.drop_last)
+        custom = CustomData(splits, d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed)
+        if d.cache == "none":
+            return custom
+        in_memory = custom.read_whole()
+    else:
+        in_memory = build_splits(d)
+    if d.cache != "none":
+        from dist_train.data.cache import place
+
+        in_memory = place(in_memory, d.cache, env)
+    return InMemoryData(in_memory, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed,
+                        d.drop_last, on_host=d.cache == "host")
 
 __all__ = ["Batch", "InMemoryData", "InMemoryLoader", "ShardedBatchPlan", "Splits", "build_data", "build_splits", "check_data",
            "DataFacts", "eval_shard", "TrainData", "TrainStep"]

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dist_train.config import DataConfig
-from dist_train.data.loader import Batch, TrainStep, reader_context
+from dist_train.data.loader import Batch, TrainStep, device_feed, reader_context
 from dist_train.data.normalization import Normalizer, Stats, streamed_stats
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
 from dist_train.env import DistEnv
@@ -114,8 +114,8 @@ class CustomData:
             raise ConfigError(KEY, f"dataset targets of dtype {y.dtype} and shape {tuple(y.shape[1:])} are neither class "
                               "indices (an integer per item) nor real values (float)")
         self.train_size = len(self.train_set)
-        self.normalize = Normalizer(_statistics(self.train_set, self.input_shape) if cfg.normalize != "none" else {},
-                                    self.input_shape, cfg.normalize, env.device)
+        self.stats = _statistics(self.train_set, self.input_shape) if cfg.normalize != "none" else {}
+        self.normalize = Normalizer(self.stats, self.input_shape, cfg.normalize, env.device)
         plan = ShardedBatchPlan(self.train_size, global_batch_size, env.world_size, env.rank, seed,
                                 grad_accum_steps, cfg.drop_last)
         self.train = CustomLoader(self, plan)
@@ -123,13 +123,28 @@ class CustomData:
     def batch(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         return Batch(self.normalize(x), y.to(self.env.device, non_blocking=True))
 
-    def empty_batch(self) -> Batch:
+    def empty_batch(self, on_device: bool = True) -> Batch:
         x = torch.empty((0, *self.input_shape), dtype=self.input_dtype)
         dtype = torch.float32 if self.task == "regression" else torch.int64
-        return self.batch(x, torch.empty((0, *self.target_shape), dtype=dtype))
+        y = torch.empty((0, *self.target_shape), dtype=dtype)
+        return self.batch(x, y) if on_device else Batch(x, y)
 
     def example_batch(self) -> Batch:
         return self.batch(*_fetch(self.val_set, list(range(min(2, len(self.val_set))))))
+
+    def read_whole(self) -> Any:
+        """Every split, read once and normalized on the CPU (data.cache)."""
+        from dist_train.data.cache import dataset_splits
+
+        on_cpu = Normalizer(self.stats, self.input_shape, self.cfg.normalize, "cpu")
+
+        def batches(dataset: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            chunks = [list(range(lo, min(lo + 4096, len(dataset)))) for lo in range(0, len(dataset), 4096)]
+            for x, y in _loader(dataset, chunks, self.cfg.loader_workers, seed=0):
+                yield on_cpu(x), y
+
+        return dataset_splits((batches(d) for d in (self.train_set, self.val_set, self.test_set)),
+                              self.input_shape, self.num_classes, self.task)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         dataset = {"val": self.val_set, "test": self.test_set, "train": self.train_set}[split]
@@ -148,16 +163,21 @@ class CustomLoader:
         return self.plan.steps_per_epoch
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainStep]:
+        on_device = lambda b: self.data.batch(b.inputs, b.targets)  # noqa: E731 - normalized on the device
+        return device_feed(self._raw_steps(epoch, start_step), self.data.env.device, on_device)
+
+    def _raw_steps(self, epoch: int, start_step: int) -> Iterator[TrainStep]:
         steps = list(self.plan.epoch(epoch, start_step))
         wanted = [idx.tolist() for s in steps for idx in s.micro_indices if len(idx)]
-        fetched = iter(_loader(self.data.train_set, wanted, self.data.cfg.loader_workers, seed=epoch))
+        fetched = iter(_loader(self.data.train_set, wanted, self.data.cfg.loader_workers, seed=epoch,
+                               pin=self.data.env.device.startswith("cuda")))
         for s in steps:
-            micro = tuple(self.data.batch(*next(fetched)) if len(idx) else self.data.empty_batch()
+            micro = tuple(Batch(*next(fetched)) if len(idx) else self.data.empty_batch(on_device=False)
                           for idx in s.micro_indices)
             yield TrainStep(s.step, micro, s.global_count)
 
 
-def _loader(dataset: Dataset, batches: list[list[int]], workers: int, seed: int) -> Iterator:
+def _loader(dataset: Dataset, batches: list[list[int]], workers: int, seed: int, pin: bool = False) -> Iterator:
     """Each list of indices fetched as one batch, in order, by `workers`
     DataLoader processes (0: here). A generator of its own: a DataLoader
     otherwise draws its base seed from the global RNG, which would shift
@@ -167,7 +187,7 @@ def _loader(dataset: Dataset, batches: list[list[int]], workers: int, seed: int)
     return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
                            prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed),
                            worker_init_fn=ignore_stop_signals if workers else None,
-                           multiprocessing_context=reader_context() if workers else None))
+                           multiprocessing_context=reader_context() if workers else None, pin_memory=pin))
 
 
 def _num_classes(dataset: Dataset) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import torch
@@ -75,24 +76,76 @@ def reader_context() -> Any:
     return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
 
 
-class InMemoryLoader:
-    """The training split held on the device, walked by a `ShardedBatchPlan`."""
+def device_feed(steps: Iterable[TrainStep], device: str,
+                transform: Callable[[Batch], Batch] | None = None) -> Iterator[TrainStep]:
+    """Steps whose batches are on `device`, `transform` applied there (the
+    normalization). On a GPU, each step's batches are copied from (pinned)
+    host memory on a side stream while the step before it trains, with
+    non-blocking copies; elsewhere batches are only transformed."""
+    def finish(step: TrainStep) -> TrainStep:
+        if transform is None:
+            return step
+        return TrainStep(step.step, tuple(transform(b) for b in step.micro_batches), step.global_count)
 
-    def __init__(self, split: Split, plan: ShardedBatchPlan, device: str) -> None:
-        self.inputs = split.inputs.to(device)
-        self.targets = split.targets.to(device)
-        self.plan = plan
-        self.device = device
+    if not device.startswith("cuda"):
+        for step in steps:
+            yield finish(step)
+        return
+    side = torch.cuda.Stream(device)
+    ahead: TrainStep | None = None
+    for step in steps:
+        with torch.cuda.stream(side):  # enqueued now, overlapping the step the caller is training
+            moved = TrainStep(step.step, tuple(Batch(_pinned(b.inputs).to(device, non_blocking=True),
+                                                     _pinned(b.targets).to(device, non_blocking=True))
+                                               for b in step.micro_batches), step.global_count)
+        if ahead is not None:
+            yield finish(_arrived(ahead, side))
+        ahead = moved
+    if ahead is not None:
+        yield finish(_arrived(ahead, side))
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_cuda or t.is_pinned() else t.pin_memory()
+
+
+def _arrived(step: TrainStep, side: Any) -> TrainStep:
+    """The main stream waits for the side stream's copies, and the copies'
+    memory is kept for the main stream's use."""
+    main = torch.cuda.current_stream()
+    main.wait_stream(side)
+    for b in step.micro_batches:
+        b.inputs.record_stream(main)
+        b.targets.record_stream(main)
+    return step
+
+
+class InMemoryLoader:
+    """The training split in memory, walked by a `ShardedBatchPlan`: on the
+    device (batches are cut there), or in host memory (`on_host`: batches are
+    cut on the host and fed to the device ahead of their step)."""
+
+    def __init__(self, split: Split, plan: ShardedBatchPlan, device: str, on_host: bool = False) -> None:
+        where = "cpu" if on_host else device
+        self.inputs, self.targets = split.inputs.to(where), split.targets.to(where)
+        if on_host and device.startswith("cuda"):
+            self.inputs, self.targets = self.inputs.pin_memory(), self.targets.pin_memory()
+        self.plan, self.device, self.on_host = plan, device, on_host
 
     @property
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainStep]:
+        steps = self._steps(epoch, start_step)
+        return device_feed(steps, self.device) if self.on_host else steps
+
+    def _steps(self, epoch: int, start_step: int) -> Iterator[TrainStep]:
+        where = self.inputs.device
         for step in self.plan.epoch(epoch, start_step):
             micro = []
             for idx in step.micro_indices:
-                idx = idx.to(self.device, non_blocking=True)
+                idx = idx.to(where, non_blocking=True)
                 micro.append(Batch(self.inputs.index_select(0, idx), self.targets.index_select(0, idx)))
             yield TrainStep(step.step, tuple(micro), step.global_count)
 
@@ -102,14 +155,14 @@ class InMemoryData:
     for evaluation."""
 
     def __init__(self, splits: Splits, env: DistEnv, global_batch_size: int, grad_accum_steps: int, seed: int,
-                 drop_last: bool) -> None:
+                 drop_last: bool, on_host: bool = False) -> None:
         self.splits, self.env = splits, env
         self.input_shape, self.num_classes = splits.input_shape, splits.num_classes
         self.task, self.num_outputs = splits.task, splits.num_outputs
         self.train_size = len(splits.train)
         plan = ShardedBatchPlan(len(splits.train), global_batch_size, env.world_size, env.rank, seed,
                                 grad_accum_steps, drop_last)
-        self.train = InMemoryLoader(splits.train, plan, env.device)
+        self.train = InMemoryLoader(splits.train, plan, env.device, on_host)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         return eval_shard(getattr(self.splits, split), self.env, batch_size)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dist_train.stop_request import ignore_stop_signals
 from dist_train.comm import Comm
 from dist_train.config import DataConfig
-from dist_train.data.loader import Batch, TrainStep, reader_context
+from dist_train.data.loader import Batch, TrainStep, device_feed, reader_context
 from dist_train.data.normalization import Normalizer
 from dist_train.data.sampler import even_slices
 from dist_train.data.shards import SPLITS, Manifest, iter_blocks, load_manifest, verify_shard
@@ -142,9 +142,16 @@ class ShardTrainLoader:
         return self.plan(0).steps
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainStep]:
-        """This rank's steps of `epoch`, from `start_step` on. Resuming mid-epoch
-        re-reads (without training on) the batches before `start_step`: the
-        stream is a pure function of (seed, epoch, rank, loader workers)."""
+        """This rank's steps of `epoch`, from `start_step` on, on the device and
+        normalized. Resuming mid-epoch re-reads (without training on) the
+        batches before `start_step`: the stream is a pure function of (seed,
+        epoch, rank, loader workers)."""
+        return device_feed(self._raw_steps(epoch, start_step), self.env.device, self._on_device)
+
+    def _on_device(self, batch: Batch) -> Batch:
+        return Batch(self.normalize(batch.inputs), batch.targets.to(self.env.device, non_blocking=True))
+
+    def _raw_steps(self, epoch: int, start_step: int) -> Iterator[TrainStep]:
         plan = self.plan(epoch)
         b = self.per_rank_batch
         stream = _WorkerStream(self.manifest, plan.files, self.seed, epoch, self.env.rank,
@@ -155,7 +162,8 @@ class ShardTrainLoader:
         chunks = iter(DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                                  persistent_workers=False, generator=torch.Generator().manual_seed(epoch),
                                  worker_init_fn=ignore_stop_signals if workers else None,
-                                 multiprocessing_context=reader_context() if workers else None))
+                                 multiprocessing_context=reader_context() if workers else None,
+                                 pin_memory=self.env.device.startswith("cuda")))
         batches = _rebatch(chunks, b)
         for step in range(plan.steps):
             sizes = [min(max(c - step * b, 0), b) for c in plan.rank_counts]
@@ -166,7 +174,6 @@ class ShardTrainLoader:
                 x = torch.empty((0, *self.manifest.input_shape), dtype=getattr(torch, self.manifest.input_dtype))
                 shape, dtype = self.manifest.expected_targets(0)
                 y = torch.from_numpy(np.empty(shape, dtype=dtype))
-            x, y = self.normalize(x), y.to(self.env.device, non_blocking=True)
             micro = tuple(Batch(x[lo:hi], y[lo:hi]) for lo, hi in even_slices(len(y), self.grad_accum_steps))
             yield TrainStep(step, micro, sum(sizes))
 
