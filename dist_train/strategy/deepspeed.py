@@ -158,18 +158,18 @@ class DeepSpeedStrategy(Strategy):
 
     def __init__(self, cfg: Config, env: DistEnv, resolved: Resolved, model: nn.Module,
                  optimizer: torch.optim.Optimizer, precision: Precision) -> None:
+        # DeepSpeed's own fp16 (fp16 weights, fp32 masters, its loss scaler) replaces
+        # autocast and torch's scaler; bf16 is autocast around the forward, as under DDP
+        self.ds_fp16 = cfg.train.precision == "fp16"
+        if self.ds_fp16 and not env.device.startswith("cuda"):
+            raise ConfigError("train.precision", "fp16 under DeepSpeed needs a GPU",
+                              "use train.precision=bf16 on CPU, or strategy.name=ddp for fp16 autocast")
         if "LOCAL_RANK" not in os.environ:  # DeepSpeed reads it itself and would fail with an assertion
             raise DistTrainError("DeepSpeed reads LOCAL_RANK from the environment, which is not set: start the job "
                                  "with `dist-train run`/`launch`, torchrun or srun, or set LOCAL_RANK=0 for one process")
         deepspeed = import_deepspeed(env.device)
         self.env, self.stage = env, cfg.strategy.zero_stage
-        # DeepSpeed's own fp16 (fp16 weights, fp32 masters, its loss scaler) replaces
-        # autocast and torch's scaler; bf16 is autocast around the forward, as under DDP
-        self.ds_fp16 = cfg.train.precision == "fp16"
         self.precision = Precision("fp32", env.device) if self.ds_fp16 else precision
-        if self.ds_fp16 and not env.device.startswith("cuda"):
-            raise ConfigError("train.precision", "fp16 under DeepSpeed needs a GPU",
-                              "use train.precision=bf16 on CPU, or strategy.name=ddp for fp16 autocast")
         ds_config = deepspeed_config(cfg, resolved)
         # our process group is up: DeepSpeed's comm wraps it
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False,
