@@ -9,6 +9,7 @@ the uninterrupted one bit for bit (same world size)."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from dataclasses import dataclass, field
@@ -302,7 +303,7 @@ class Trainer:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise DistTrainError(f"checkpoint {info.path} does not fit the model or optimizer this config builds "
                                  f"({first}); resume with the config it was saved with, or pass --fresh") from None
-        apply_hyperparameters(self.strategy.optimizer, self.cfg.optim)  # a changed optim.* applies from here on
+        apply_hyperparameters(self.strategy.optimizer, self.cfg.optim, self.env.device)  # a changed optim.* applies from here on
         self.last_saved_step = s.global_step
         self.previous_world_size, s.world_size = s.world_size, self.env.world_size
         if not own:
@@ -312,12 +313,23 @@ class Trainer:
             self.streams.reseed(self.cfg.train.seed + s.global_step, self.env.rank)
             first_rank = load_file(info.path, "rank-00000.pt")
             self.running_loss.load_state_dict(first_rank["running_loss"], include_pending=False)
-        stored = (info.manifest.get("config") or {}).get("data", {})
-        same_stream = own and all(stored.get(k) == getattr(self.cfg.data, k) for k in ("loader_workers", "shuffle_buffer"))
-        if self.cfg.data.source == "shards" and s.step_in_epoch and not same_stream:
-            # shards are dealt to ranks and readers by their number, and each
+        if self.cfg.data.source == "shards" and s.step_in_epoch and not self._same_shard_order(info, own):
+            # streamed shards are dealt to ranks and readers by their number, and each
             # reader shuffles its own buffer: the epoch's position does not carry over
             s.step_in_epoch = 0
+
+    def _same_shard_order(self, info: CheckpointInfo, same_world: bool) -> bool:
+        """Whether the checkpoint's run visited the shards in this run's order:
+        cached shards follow the in-memory plan (the order of the global batch),
+        streamed ones depend on the ranks, the readers and their buffer."""
+        def order(d: dict[str, Any]) -> tuple:
+            if d.get("cache", "none") != "none":
+                return ("plan",)
+            return ("stream", d.get("loader_workers"), d.get("shuffle_buffer"))
+
+        stored = (info.manifest.get("config") or {}).get("data", {})
+        now = order(dataclasses.asdict(self.cfg.data))
+        return now == order(stored) and (same_world or now == ("plan",))
 
     def log_resume(self, info: CheckpointInfo, changed: dict[str, Any] | None = None) -> None:
         """The `resume` record (after `attach_tracker`): where from, and the

@@ -19,14 +19,22 @@ NEED_A_GROUP = ("ddp", "deepspeed")
 def build_strategy(cfg: Config, env: DistEnv, resolved: Resolved, model: nn.Module,
                    optimizer: torch.optim.Optimizer) -> Strategy:
     precision = Precision(cfg.train.precision, env.device)
+    strategy: Strategy
     if resolved.strategy == "deepspeed":
         from dist_train.strategy.deepspeed import DeepSpeedStrategy
-        return DeepSpeedStrategy(cfg, env, resolved, model, optimizer, precision)
+        return DeepSpeedStrategy(cfg, env, resolved, model, optimizer, precision)  # (no train.compile: refused)
     if resolved.strategy == "ddp":
         from dist_train.strategy.ddp import DDPStrategy
-        return DDPStrategy(model, optimizer, precision, env, cfg.strategy.bucket_cap_mb)
-    from dist_train.strategy.single import SingleStrategy
-    return SingleStrategy(model, optimizer, precision)
+        strategy = DDPStrategy(model, optimizer, precision, env, cfg.strategy.bucket_cap_mb)
+    else:
+        from dist_train.strategy.single import SingleStrategy
+        strategy = SingleStrategy(model, optimizer, precision)
+    if cfg.train.compile:
+        # the module training calls, DDP's wrapper included (torch's DDPOptimizer
+        # splits the graph at the gradient buckets); evaluation and checkpoints
+        # keep the plain module, so state_dict keys do not change
+        strategy.train_model = torch.compile(strategy.train_model)
+    return strategy
 
 
 __all__ = ["NEED_A_GROUP", "Precision", "StepResult", "Strategy", "StrategyWeights", "build_strategy"]

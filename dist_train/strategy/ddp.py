@@ -44,11 +44,11 @@ class DDPStrategy(Strategy):
             # rank by construction; DDP's broadcast of rank 0's buffers before each
             # forward would be one more collective per step for nothing.
             kwargs = _no_forward_buffer_sync()
-        self.train_model = DistributedDataParallel(
+        self.ddp = self.train_model = DistributedDataParallel(
             model, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb, **kwargs,
         )
 
     def _accumulating(self, last: bool) -> contextlib.AbstractContextManager:
         # no_sync must cover the forward pass too: DDP decides there whether
         # the coming backward all-reduces.
-        return contextlib.nullcontext() if last else self.train_model.no_sync()
+        return contextlib.nullcontext() if last else self.ddp.no_sync()
