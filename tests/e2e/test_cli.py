@@ -36,7 +36,7 @@ def test_quickstart_with_two_workers_reaches_95_percent(tmp_path):
     assert len(test) == 1  # rank 0 alone writes
     assert test[0]["test_accuracy"] >= 0.95
     written = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert written["run"]["dir"] == str(run_dir) and written["model"]["hidden_sizes"] == [128]
+    assert written["run"]["dir"] == str(run_dir) and written["model"]["hidden_sizes"] == [256]
 
 
 def test_run_as_plain_python_process(tmp_path):

@@ -107,7 +107,7 @@ def test_dump_round_trips_and_replace_revalidates():
         replace(cfg, **{"optim.lr": -1.0})
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "digits_mlp.yaml", "digits_cnn.yaml", "cpu_test.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "digits_mlp.yaml", "digits_cnn.yaml", "cpu_test.yaml", "fashion_mnist_mlp.yaml", "fashion_mnist_small.yaml", "diabetes.yaml", "wine.yaml"])
 def test_shipped_configs_load(name):
     assert isinstance(load_config(f"{REPO}/configs/{name}"), Config)
 
