@@ -211,6 +211,9 @@ def load_file(path: Path, name: str) -> Any:
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
+_SCALARS = (int, float, str, bool, type(None))
+
+
 def snapshot(obj: Any, reuse: Any = None) -> Any:
     """A copy of every tensor in a nested state (on the CPU), so training can go
     on changing the originals while the copy is written. Tensors of an earlier
@@ -225,6 +228,8 @@ def snapshot(obj: Any, reuse: Any = None) -> Any:
         prev = reuse if isinstance(reuse, dict) else {}
         return {k: snapshot(v, prev.get(k)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
+        if all(isinstance(v, _SCALARS) for v in obj):  # an RNG's state: 600 numbers, nothing to copy deeper
+            return type(obj)(obj)
         prev = reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(obj) else [None] * len(obj)
         return type(obj)(snapshot(v, p) for v, p in zip(obj, prev))
     return obj

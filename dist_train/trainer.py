@@ -84,6 +84,7 @@ class Trainer:
         self.last_grad_norm = torch.zeros(())
         self.overflow_skips = 0  # consecutive fp16 overflow skips
         self.previous_world_size: int | None = None  # of the checkpoint restored
+        self._config_record = to_dict(cfg)  # in every manifest: what a resume compares
 
     @classmethod
     def build(cls, cfg: Config, env: DistEnv, data: Any = None, **kwargs: Any) -> "Trainer":
@@ -281,7 +282,7 @@ class Trainer:
         info = {"epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "finished": s.finished,
                 "early_stopped": s.early_stopped, **s.last_val,
                 # what a resume compares and continues with, without loading trainer.pt
-                "config": to_dict(self.cfg), "strategy": self.resolved.strategy,
+                "config": self._config_record, "strategy": self.resolved.strategy,
                 "metrics_lines": self.tracker.lines, "wandb_run_id": self.tracker.run_id}
         keep = s.best_checkpoint[1] if s.best_checkpoint and ck.keep_best else None
         path = self.checkpointer.save(s.global_step, self.checkpoint_parts(), info, keep)

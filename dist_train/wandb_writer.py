@@ -91,9 +91,21 @@ def serve(lines: Any) -> int:
     return EXIT_REPORTED if failed else 0
 
 
+#: how much lower than the trainer this process (and W&B's own, its child) runs
+NICENESS = 10
+
+
 def main() -> int:
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+    # Rows wait in the pipe for as long as it takes; training must not wait for
+    # W&B's CPU time. With as many workers as cores, W&B at the same priority
+    # takes a core from a worker mid-step, and every other rank then waits for
+    # that one at the next all-reduce.
+    try:
+        os.nice(NICENESS)
+    except OSError:
+        pass
     return serve(iter(sys.stdin.buffer.readline, b""))
 
 

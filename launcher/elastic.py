@@ -36,7 +36,8 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--local-addr", default=None, help="address of this node that peers should use")
     g.add_argument("--max-restarts", type=int, default=0,
                    help="restart all workers up to this many times after a failure (default 0: fail at once)")
-    g.add_argument("--monitor-interval", type=float, default=0.5, help="seconds between worker health checks")
+    g.add_argument("--monitor-interval", type=float, default=0.1,
+                   help="seconds between worker health checks (default 0.1, as torchrun)")
 
 
 def check_launch_arguments(args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@ order."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,10 +49,29 @@ def digits() -> RawSet:
     """scikit-learn's 1,797 real 8x8 handwritten digits, shipped with the
     package, as one-channel images. The pixel values are whole numbers 0..16,
     exact in uint8."""
+    table = _digits_table()
+    images, target = table[:, :64].reshape(-1, 8, 8), table[:, 64]
+    return RawSet(images.astype(np.uint8)[:, None], target.astype(np.int64), DIGITS_SHAPE, 10)
+
+
+def _digits_table() -> np.ndarray:
+    """The digits as scikit-learn ships them (one CSV row per image: 64 pixels
+    and the class), read straight from its data file: importing scikit-learn
+    costs each worker most of a second at start-up, which the quick start
+    feels. load_digits() is the fallback when the file is not where it was."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            with gzip.open(path, "rt") as fh:
+                return np.loadtxt(fh, delimiter=",")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return RawSet(bunch.images.astype(np.uint8)[:, None], bunch.target.astype(np.int64), DIGITS_SHAPE, 10)
+    return np.column_stack([bunch.data, bunch.target])
 
 
 def synthetic(num_samples: int, input_shape: tuple[int, ...], num_classes: int, split_seed: int) -> RawSet:
