@@ -82,7 +82,8 @@ def check_fits(need: int, where: str, env: DistEnv) -> None:
         raise DistTrainError(
             f"data.cache={where} needs {_gib(need)} for the training, validation and test splits as float32 "
             f"({'per worker' if where == 'device' else 'for all workers on this node'}) in {what} {_gib(have)} "
-            f"available; use data.cache=host (host memory), data.cache=none (stream every epoch), or fewer workers")
+            f"available; use {'data.cache=host (host memory) or ' if where == 'device' else ''}data.cache=none "
+            f"(read the data every epoch){'' if where == 'device' else ', or fewer workers on this node'}")
 
 
 def _available_host_bytes() -> int | None:

@@ -52,3 +52,45 @@ def test_bf16_and_fp16_reach_the_fp32_accuracy_band_under_ddp_and_deepspeed(conf
     for (strategy, precision), accuracy in result.items():
         reference = result[(strategy, "fp32")]
         assert abs(accuracy - reference) <= 0.03, f"{config} {strategy} {precision}: {accuracy:.3f} vs fp32 {reference:.3f}"
+
+
+def trained_on(device, overrides):
+    cfg = load_config(None, ["data.source=synthetic", "train.epochs=2", "model.hidden_sizes=[16]", "model.dropout=0.0",
+                             f"dist.device={device}", *overrides])
+    model = Trainer.build(cfg, DistEnv.from_env({}, device=device)).fit().model
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("optim", ["optim.name=adam", "optim.name=adamw", "optim.name=sgd", "optim.name=rmsprop"])
+def test_fused_and_multi_tensor_optimizers_on_cuda_train_as_the_cpu_does(optim):
+    from dist_train.optim import kernels
+
+    cpu, cuda = trained_on("cpu", [optim]), trained_on("cuda", [optim])
+    assert kernels(optim.split("=")[1], "cuda:0")  # the GPU run used them
+    for key, value in cpu.items():
+        assert torch.allclose(value, cuda[key], atol=1e-4), key
+
+
+def test_cache_on_the_device_and_prefetched_batches_change_no_number():
+    plain = trained_on("cuda", [])
+    for cache in ("host", "device"):  # host: pinned memory, copied ahead of each step on a side stream
+        cached = trained_on("cuda", [f"data.cache={cache}"])
+        for key, value in plain.items():
+            assert torch.equal(value, cached[key]), (cache, key)
+
+
+def test_streamed_shards_are_fed_to_the_gpu_ahead_of_each_step(tmp_path):
+    from dist_train.data.prepare import PrepareOptions, prepare
+
+    prepare("synthetic", PrepareOptions(out=tmp_path / "s", num_samples=600, input_shape=(12,), num_classes=3,
+                                        train_shards=2))
+    keys = ["data.source=shards", f"data.path={tmp_path / 's'}", "data.loader_workers=1"]
+    cpu, cuda = trained_on("cpu", keys), trained_on("cuda", keys)
+    for key, value in cpu.items():
+        assert torch.allclose(value, cuda[key], atol=1e-4), key
+
+
+def test_compile_on_cuda_trains_as_without():
+    plain, compiled = trained_on("cuda", []), trained_on("cuda", ["train.compile=true"])
+    for key, value in plain.items():
+        assert torch.allclose(value, compiled[key], atol=1e-5), key
