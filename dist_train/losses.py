@@ -15,11 +15,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-LossFn = Callable[..., torch.Tensor]  # (outputs, targets, reduction="sum"|"none") -> loss
+LossFn = Callable[..., torch.Tensor]  # (outputs, targets, reduction="sum"|"mean"|"none") -> loss
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    return per_sample.sum() if reduction == "sum" else per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample.mean() if reduction == "mean" else per_sample
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

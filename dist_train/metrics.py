@@ -78,9 +78,11 @@ class RunningMean:
         self.device = device
         self.windows = {"interval": [0.0, 0], "epoch": [0.0, 0]}
 
-    def add(self, loss_sum: torch.Tensor, count: int) -> None:
-        self.pending_sum.add_(loss_sum.detach())
-        self.pending_count += count
+    def add(self, loss_mean: torch.Tensor, count: int) -> None:
+        """A micro-batch's mean loss over its `count` samples."""
+        if count:
+            self.pending_sum.add_(loss_mean.detach(), alpha=count)
+            self.pending_count += count
 
     def mean(self, window: str, comm: Comm) -> float:
         """Global mean over `window` ("interval" or "epoch"), which then starts

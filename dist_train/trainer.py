@@ -192,8 +192,8 @@ class Trainer:
         norm = self.last_grad_norm = result.norm
         if result.applied:
             self.overflow_skips = 0
-            for loss_sum, count in losses:  # only kept steps count towards the logged loss
-                self.running_loss.add(loss_sum, count)
+            for loss_mean, count in losses:  # only kept steps count towards the logged loss
+                self.running_loss.add(loss_mean, count)
             return
         # the weights stay as they were: no checkpoint ever holds NaN weights
         if result.overflow and self.overflow_skips < MAX_OVERFLOW_SKIPS:

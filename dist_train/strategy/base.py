@@ -59,13 +59,24 @@ class Strategy(ABC):
     def micro_batch(self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
                     global_count: int, last: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch; gradients are communicated
-        only when `last`. Returns the micro-batch's loss summed over its samples."""
+        only when `last`. Returns the micro-batch's mean loss (detached; 0 for
+        an empty micro-batch)."""
+        count = len(targets)
         with self._accumulating(last):
-            loss_sum = loss_fn(self._forward(inputs), targets)
+            outputs = self._forward(inputs)
+            if count * self.world_size == global_count:
+                # the usual micro-batch, exactly 1/world_size of its step: the
+                # loss to differentiate is its mean (no scaling op in the graph)
+                loss = loss_fn(outputs, targets, reduction="mean")
+                self._backward(loss)
+                return loss.detach()
+            loss_sum = loss_fn(outputs, targets)
             self._backward(loss_sum * (self.world_size / global_count))
-        return loss_sum.detach()
+        return loss_sum.detach() / max(count, 1)
 
     def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.precision.name == "fp32":
+            return self.train_model(inputs)
         with self.precision.autocast():
             return self.train_model(inputs).float()  # float32 outputs for the loss
 
@@ -74,7 +85,7 @@ class Strategy(ABC):
         return contextlib.nullcontext()
 
     def _backward(self, loss: torch.Tensor) -> None:
-        self.precision.scale(loss).backward()
+        (loss if self.precision.scaler is None else self.precision.scale(loss)).backward()
 
     def step(self, grad_clip_norm: float | None) -> StepResult:
         """The global gradient norm (clipped to `grad_clip_norm` when given),

@@ -221,8 +221,7 @@ def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, inpu
         idx = order[at:at + batch].to(inputs.device)
         at += batch
         model.train()
-        loss_sum = strategy.micro_batch(inputs[idx], targets[idx], loss_fn, batch, last=True)
-        losses.append(float(loss_sum) / batch)
+        losses.append(float(strategy.micro_batch(inputs[idx], targets[idx], loss_fn, batch, last=True)))
         steps += 1
         if not strategy.step(cfg.train.grad_clip_norm).applied:
             break  # a non-finite loss or gradient: the weights were left as they were
