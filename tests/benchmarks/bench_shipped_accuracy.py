@@ -68,7 +68,8 @@ def main() -> int:
                            "training_s_median": statistics.median(r["training_s"] for r in runs), "runs": runs}
     out = HERE / "results" / "shipped_accuracy.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    kept = json.loads(out.read_text()) if out.is_file() else {}  # a rerun of some configs keeps the others' figures
+    out.write_text(json.dumps({**kept, **results}, indent=2))
     print(f"\n{'config':<36}{'mean':>8}{'worst':>8}{'goal':>8}{'job s':>8}{'training s':>12}")
     for config, r in results.items():
         print(f"{config:<36}{r['mean']:>8.4f}{r['worst']:>8.4f}{r['goal_mean'] or 0:>8.3f}{r['wall_s_median']:>8.1f}"
