@@ -80,6 +80,17 @@ def final_state(run_dir):
             "step": trainer["state"]["global_step"]}
 
 
+def assert_same_final_state(whole, resumed, step):
+    """Two `final_state`s are bit-identical (atol = rtol = 0) at global step `step`."""
+    assert whole["step"] == resumed["step"] == step
+    for key, value in whole["model"].items():
+        assert np.array_equal(np.asarray(value), np.asarray(resumed["model"][key])), key
+    for pid, state in whole["optimizer"].items():
+        for key, value in state.items():
+            assert np.array_equal(np.asarray(value), np.asarray(resumed["optimizer"][pid][key])), (pid, key)
+    assert whole["events"] == resumed["events"]
+
+
 # ------------------------------------------------------------ a small checkpointed run
 # test_checkpoint (integration, e2e)
 

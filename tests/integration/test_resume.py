@@ -5,7 +5,6 @@ end, with and without gradient accumulation."""
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dist_train.errors import EXIT_RESUME
@@ -13,7 +12,7 @@ from dist_train.config import load_config
 from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.env import DistEnv
 from dist_train.run import run
-from tests.helpers import final_state, sigterm_at
+from tests.helpers import assert_same_final_state, final_state, sigterm_at
 from tests.multiproc import run_workers
 
 
@@ -42,14 +41,7 @@ def one_job(env, root, data, accum, stop_after):
 
 
 def assert_identical(result):
-    whole, resumed = result["whole"], result["resumed"]
-    assert whole["step"] == resumed["step"] == 21
-    for key, value in whole["model"].items():
-        assert np.array_equal(np.asarray(value), np.asarray(resumed["model"][key])), key  # atol = rtol = 0
-    for pid, state in whole["optimizer"].items():
-        for key, value in state.items():
-            assert np.array_equal(np.asarray(value), np.asarray(resumed["optimizer"][pid][key])), (pid, key)
-    assert whole["events"] == resumed["events"]
+    assert_same_final_state(result["whole"], result["resumed"], 21)
 
 
 def jobs(env, root, cases):

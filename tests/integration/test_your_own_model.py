@@ -18,7 +18,7 @@ from dist_train.run import run
 from dist_train.trainer import Trainer
 from launcher.tools.check import run_checks
 from tests.conftest import REPO
-from tests.helpers import final_state, sigterm_at
+from tests.helpers import assert_same_final_state, final_state, sigterm_at
 from tests.multiproc import run_workers, to_numpy
 
 DATA = f"{REPO}/tests/user_project/data.py"
@@ -64,14 +64,7 @@ def resume_jobs(env, root, loader_workers):
 
 
 def assert_identical(found):
-    whole, resumed = found["whole"], found["broken"]
-    assert whole["step"] == resumed["step"] == 21
-    for key, value in whole["model"].items():
-        assert np.array_equal(np.asarray(value), np.asarray(resumed["model"][key])), key  # atol = rtol = 0
-    for pid, state in whole["optimizer"].items():
-        for key, value in state.items():
-            assert np.array_equal(np.asarray(value), np.asarray(resumed["optimizer"][pid][key])), (pid, key)
-    assert whole["events"] == resumed["events"]
+    assert_same_final_state(found["whole"], found["broken"], 21)
 
 
 def test_resume_is_bit_exact_mid_epoch_for_a_user_model_and_a_custom_dataset(tmp_path):
