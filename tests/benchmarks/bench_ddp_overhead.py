@@ -1,7 +1,7 @@
 """Benchmark: dist-train's training loop against a minimal hand-written torch
 DDP loop, same model, data, global batch, workers and threads, in one run.
 
-    python tests/benchmarks/bench_ddp_overhead.py [--nproc 2] [--rounds 5]
+    python tests/benchmarks/bench_ddp_overhead.py [--nproc 2] [--rounds 31] [--hand-bucket-cap-mb 25]
 
 The driver starts the workers with torchrun (one intra-op thread each, as
 torchrun sets for several workers). In each worker, short epochs (about half a second)
@@ -10,6 +10,11 @@ between two barriers. This machine's speed drifts by 10% or more over seconds,
 so the loops are compared round by round: the ratio is the median of the
 per-round ratios, and samples/s is all samples over all time. The result is
 printed and written to tests/benchmarks/results/ddp_overhead.json.
+
+The hand-written loop wraps its model with torch's defaults, whose first
+gradient bucket is 1 MiB; dist-train passes `strategy.bucket_cap_mb` (25),
+which in torch sets every bucket, the first included. `--hand-bucket-cap-mb
+25` gives the hand-written loop the same buckets.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ def driver(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
            str(Path(__file__).resolve()), "--worker", "--rounds", str(args.rounds), "--samples", str(args.samples),
            "--out", str(out)]
+    if args.hand_bucket_cap_mb:
+        cmd += ["--hand-bucket-cap-mb", str(args.hand_bucket_cap_mb)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     subprocess.run(cmd, check=True, env=env, cwd=REPO)
     results = json.loads(out.read_text())
@@ -92,7 +99,8 @@ def worker(args: argparse.Namespace) -> None:
 
             torch.manual_seed(0)
             model = build_model(cfg.model, (784,), 10)
-            ddp = DistributedDataParallel(model)
+            buckets = {"bucket_cap_mb": args.hand_bucket_cap_mb} if args.hand_bucket_cap_mb else {}
+            ddp = DistributedDataParallel(model, **buckets)
             opt = torch.optim.Adam(ddp.parameters(), lr=1e-3)
             b = B // env.world_size
 
@@ -133,7 +141,8 @@ def worker(args: argparse.Namespace) -> None:
     if env.is_rank0:
         Path(args.out).write_text(json.dumps({
             "world_size": env.world_size, "global_batch_size": B, "rounds": args.rounds,
-            "torch": torch.__version__, "threads_per_worker": 1, "models": results}, indent=2))
+            "torch": torch.__version__, "threads_per_worker": 1, "hand_bucket_cap_mb": args.hand_bucket_cap_mb,
+            "models": results}, indent=2))
 
 
 def main() -> int:
@@ -142,6 +151,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--samples", type=int, default=25_600,
                         help="samples per round for the small model (a quarter of it for the large one)")
+    parser.add_argument("--hand-bucket-cap-mb", type=float, default=None,
+                        help="give the hand-written loop's DDP this bucket_cap_mb (default: torch's own buckets)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
