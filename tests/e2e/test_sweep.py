@@ -60,6 +60,10 @@ def test_random_sweep_resumes_ranks_its_trials_and_writes_a_best_config_that_run
     assert bests == sorted(bests, reverse=True) and results["best_trial"] == trials[0]["trial"]
     for t in trials:  # each best is the run's own best epoch, read from its metrics.jsonl
         assert t["best"] == max(e["val_accuracy"] for e in epochs_of(t["run_dir"]))
+        test = [json.loads(line) for line in (Path(t["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["event"] == "test"][-1]
+        assert t["test"] == {k: v for k, v in test.items() if k.startswith("test_")} and "test_loss" in t["test"]
+        assert t["test_accuracy"] == test["test_accuracy"]
         written = yaml.safe_load((Path(t["run_dir"]) / "config.yaml").read_text())
         assert written["wandb"]["group"] == "sweep_digits" and written["wandb"]["name"] == f"sweep_digits-{t['trial']}"
         assert written["optim"]["lr"] == t["params"]["optim.lr"]

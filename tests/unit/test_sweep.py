@@ -4,6 +4,7 @@ budget, ranking, GPU slots, and the model-based search. (Real sweeps through
 the CLI: tests/e2e/test_sweep.py.)"""
 
 import io
+import json
 import sys
 
 import numpy as np
@@ -16,7 +17,7 @@ from launcher.tools.sweep.results import ranked
 from launcher.tools.sweep.scheduler import SweepScheduler, gpu_slots
 from launcher.tools.sweep.space import grid_params, parse_space, random_params
 from launcher.tools.sweep.spec import load_sweep
-from launcher.tools.sweep.trials import TrialRecord
+from launcher.tools.sweep.trials import TrialRecord, read_outcome, read_records_of_sweep, write_record
 from tests.conftest import REPO
 
 
@@ -121,6 +122,23 @@ def test_ranking_puts_the_best_finished_trials_first_then_unfinished_then_failed
                TrialRecord(4, {}, "finished", best=0.80)]
     assert [r.index for r in ranked(records, "max")] == [2, 0, 4, 3, 1]
     assert [r.index for r in ranked(records, "min")] == [4, 0, 2, 3, 1]
+
+
+def test_a_regression_trial_keeps_its_test_metrics_and_its_best_lower_value(tmp_path):
+    # metrics.jsonl as a regression run writes it: no accuracy anywhere
+    lines = [{"event": "start", "step": 0},
+             {"event": "epoch", "epoch": 0, "step": 5, "val_loss": 0.9, "val_mse": 0.9, "val_mae": 0.7, "val_r2": 0.1},
+             {"event": "epoch", "epoch": 1, "step": 10, "val_loss": 0.5, "val_mse": 0.5, "val_mae": 0.5, "val_r2": 0.5},
+             {"event": "epoch", "epoch": 2, "step": 15, "val_loss": 0.6, "val_mse": 0.6, "val_mae": 0.6, "val_r2": 0.4},
+             {"event": "test", "step": 15, "test_loss": 0.55, "test_mse": 0.55, "test_mae": 0.58, "test_r2": 0.45}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    outcome = read_outcome(tmp_path, "val_mse", "min")
+    assert outcome["best"] == 0.5 and outcome["epochs"] == 3
+    assert outcome["test"] == {"test_loss": 0.55, "test_mse": 0.55, "test_mae": 0.58, "test_r2": 0.45}
+    assert outcome["test_accuracy"] is None
+    record = TrialRecord(0, {}, test=outcome["test"])  # and it survives the trial.json round trip
+    write_record(tmp_path, record)
+    assert read_records_of_sweep(tmp_path)[0].test == outcome["test"]
 
 
 def test_parallel_trials_get_disjoint_gpus():

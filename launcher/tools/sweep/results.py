@@ -66,7 +66,7 @@ def write_results(spec: SweepSpec, records: list[TrialRecord]) -> str:
         "trials": [{"rank": i, "trial": r.name, "run_dir": str(trial_dir(out, r.index)), "status": r.status,
                     "params": r.params, "best": r.best, "epochs": r.epochs, "early_stopped": r.early_stopped,
                     "seconds": round(r.seconds, 3), "exit_code": r.exit_code, "error": r.error,
-                    "test_accuracy": r.test_accuracy} for i, r in enumerate(order, 1)]}
+                    "test_accuracy": r.test_accuracy, "test": r.test} for i, r in enumerate(order, 1)]}
     write_atomic(out / "results.json", json.dumps(summary, indent=1, allow_nan=True) + "\n")
     return format_table(header, rows)
 

@@ -187,6 +187,7 @@ class SweepScheduler:
         outcome = read_outcome(trial_dir(self.spec.out_dir, record.index), self.s.metric, self.spec.mode)
         record.best, record.epochs = outcome["best"], outcome["epochs"]
         record.early_stopped, record.test_accuracy = outcome["early_stopped"], outcome["test_accuracy"]
+        record.test = outcome["test"]
         log_path = trial_dir(self.spec.out_dir, record.index) / "trial.log"
         if code == 0:
             record.status = "finished"

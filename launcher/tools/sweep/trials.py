@@ -37,7 +37,8 @@ class TrialRecord:
     best: float | None = None  # the sweep's metric at the trial's best epoch
     epochs: int = 0
     early_stopped: bool = False
-    test_accuracy: float | None = None
+    test_accuracy: float | None = None  # classification only; `test` holds every test metric
+    test: dict[str, float] | None = None  # the last test record's test_* values (loss, accuracy or MSE, MAE, R^2)
 
     @property
     def name(self) -> str:
@@ -110,11 +111,11 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def read_outcome(run_dir: Path, metric: str, mode: str) -> dict[str, Any]:
     """The best value of `metric` over the run's epochs, the number of epochs,
-    whether it stopped early and its test accuracy, from metrics.jsonl."""
+    whether it stopped early and its test metrics, from metrics.jsonl."""
     try:
         records = read_records(run_dir)
     except DistTrainError:  # never started, or the file is unreadable: no result
-        return {"best": None, "epochs": 0, "early_stopped": False, "test_accuracy": None}
+        return {"best": None, "epochs": 0, "early_stopped": False, "test_accuracy": None, "test": None}
     best = None
     epochs = 0
     for r in records:
@@ -124,8 +125,9 @@ def read_outcome(run_dir: Path, metric: str, mode: str) -> dict[str, Any]:
             if isinstance(value, (int, float)) and math.isfinite(value) and Monitor(metric, mode).improves(value, best):
                 best = float(value)
     tests = [r for r in records if r.get("event") == "test"]
+    test = {k: v for k, v in tests[-1].items() if k.startswith("test_")} if tests else None
     return {"best": best, "epochs": epochs, "early_stopped": any(r.get("event") == "early_stop" for r in records),
-            "test_accuracy": tests[-1].get("test_accuracy") if tests else None}
+            "test_accuracy": test.get("test_accuracy") if test else None, "test": test}
 
 
 def failure_line(log_path: Path) -> str:
