@@ -68,6 +68,7 @@ def prepare(name: str, opts: PrepareOptions) -> Manifest:
                          ("--block-size", opts.block_size)):
         if value < 1:
             raise DistTrainError(f"{label} must be at least 1, got {value}")
+    _check_fractions(name, opts)
     for field, (option, users) in FILE_OPTIONS.items():
         if getattr(opts, field) is not None and name not in users:
             raise DistTrainError(f"{option} is for `prepare {' / '.join(users)}`, not `prepare {name}`; drop it")
@@ -124,16 +125,22 @@ def _seeded_split(inputs: np.ndarray, targets: np.ndarray, val_fraction: float, 
             "test": (inputs[test], targets[test])}
 
 
+def _check_fractions(name: str, opts: PrepareOptions) -> None:
+    """The split fractions, for every source (IDX sets ship their own test
+    split: only the validation fraction applies)."""
+    test_fraction = 0.0 if name in ("idx", "fashion-mnist") else opts.test_fraction
+    for option, value in (("--val-fraction", opts.val_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise DistTrainError(f"{option} {value} must be at least 0 and below 1")
+    if opts.val_fraction + test_fraction >= 1.0:
+        raise DistTrainError(f"--val-fraction {opts.val_fraction} + --test-fraction {test_fraction} leave no "
+                             "training samples; their sum must be below 1")
+
+
 def _prepare_files(name: str, opts: PrepareOptions) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]], str,
                                                               tuple[str, ...] | None, dict]:
     """Read a file source whole, then split it with the seeded split the
     built-in sets use: (classes, splits, task, class_names, source)."""
-    for option, value in (("--val-fraction", opts.val_fraction), ("--test-fraction", opts.test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise DistTrainError(f"{option} {value} must be at least 0 and below 1")
-    if opts.val_fraction + opts.test_fraction >= 1.0:
-        raise DistTrainError(f"--val-fraction {opts.val_fraction} + --test-fraction {opts.test_fraction} leave no "
-                             "training samples; their sum must be below 1")
     if name == "arrays":
         from dist_train.data.numpy_files import load_arrays
 

@@ -343,6 +343,20 @@ def test_options_of_another_source_are_refused(tmp_path):
         prepare("digits", options(tmp_path / "out", task="regression"))
 
 
+@pytest.mark.parametrize("name", ["digits", "synthetic", "csv"])
+def test_split_fractions_out_of_range_are_refused_for_every_source(tmp_path, name):
+    write_csv(tmp_path / "d.csv", [["a", "y"], *([i, i % 2] for i in range(40))])
+    files = {"csv": tmp_path / "d.csv", "target": "y"} if name == "csv" else {}
+    cases = [({"val_fraction": 1.5}, r"--val-fraction 1.5 must be at least 0 and below 1"),
+             ({"test_fraction": -0.1}, r"--test-fraction -0.1 must be at least 0 and below 1"),
+             ({"val_fraction": 0.6, "test_fraction": 0.4}, r"--val-fraction 0.6 \+ --test-fraction 0.4 leave no "
+                                                          r"training samples")]
+    for fractions, message in cases:
+        with pytest.raises(DistTrainError, match=message):
+            prepare(name, options(tmp_path / "out", **files, **fractions))
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
 def test_verify_checks_the_targets_against_the_manifest(tmp_path):
     kw = make_source(tmp_path, "arrays")
     m = prepare("arrays", options(tmp_path / "out", **kw))
