@@ -86,8 +86,7 @@ def report_stop(signame: str | None, statuses: dict[int, int], expected_workers:
     all_saved = bool(statuses) and all(c == EXIT_RESUME for c in statuses.values()) and (
         expected_workers is None or len(statuses) == expected_workers)
     if all_saved and run_dir is None:
-        print(f"dist-train launch: {asked}; every worker saved a checkpoint and stopped. Run the same command to "
-              "resume.", file=sys.stderr, flush=True)
+        # a script's job: its rank 0 (dist_train.fit) has said at which step it saved; a second line would only repeat it
         return EXIT_RESUME
     if all_saved and latest is not None:
         print(f"dist-train launch: {asked}; checkpoint saved at step {latest.global_step} ({latest.path}). Run the "

@@ -2,7 +2,7 @@
 real signals: SIGTERM to the launcher, SIGINT to its process group (what a
 terminal sends on Ctrl-C) and SIGUSR1, for in-memory data and for shards read
 by 0 and 2 loader processes per worker; a second Ctrl-C; a second job on a run
-directory in use; a dead job's lock."""
+directory in use; a dead job's lock; a script using the Python API."""
 
 import io
 import os
@@ -200,3 +200,28 @@ def test_a_dead_jobs_lock_is_taken_over(tmp_path, shards, uninterrupted):
     assert "resuming from" in out
     assert not (tmp_path / ".run.lock").exists()
     assert_same_weights(weights(tmp_path / "run"), uninterrupted["memory-long"])
+
+
+SCRIPT = ["examples/python_api/train.py", "train.stop_check_every_steps=1", "checkpoint.every_steps=7",
+          "wandb.mode=disabled"]
+
+
+def test_a_script_launched_with_the_python_api_stops_resumes_and_ends_exact(tmp_path):
+    whole = tmp_path / "whole"
+    code, out = finish(launch([*SCRIPT, f"run.dir={whole}"]))
+    assert code == 0, out
+    proc = launch([*SCRIPT, f"run.dir={tmp_path / 'run'}"])
+    wait_for_step(tmp_path / "run", 30, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 75, out
+    said = re.findall(r"^dist-train: stopped on request \((\w+)\); checkpoint saved at step (\d+)", out, re.M)
+    assert said and said[0][0] == "SIGTERM", out
+    # one line says it: not again by the other worker or by the launcher
+    assert len([line for line in out.splitlines() if line.startswith("dist-train") and "stop" in line]) == 1, out
+    assert int(said[0][1]) == find_latest_valid(tmp_path / "run").global_step >= 30
+    assert "Traceback" not in out
+    code, out = finish(launch([*SCRIPT, f"run.dir={tmp_path / 'run'}"]))
+    assert code == 0, out
+    assert f"resuming from {tmp_path / 'run'}/checkpoints/step-{int(said[0][1]):08d}" in out
+    assert_same_weights(weights(tmp_path / "run"), weights(whole))
