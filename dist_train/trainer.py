@@ -304,7 +304,8 @@ class Trainer:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise DistTrainError(f"checkpoint {info.path} does not fit the model or optimizer this config builds "
                                  f"({first}); resume with the config it was saved with, or pass --fresh") from None
-        apply_hyperparameters(self.strategy.optimizer, self.cfg.optim, self.env.device)  # a changed optim.* applies from here on
+        # a changed optim.* applies from here on
+        apply_hyperparameters(self.strategy.optimizer, self.cfg.optim, self.env.device)
         self.last_saved_step = s.global_step
         self.previous_world_size, s.world_size = s.world_size, self.env.world_size
         if not own:

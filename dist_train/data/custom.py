@@ -9,7 +9,8 @@ a ragged last batch is still the exact mean over its samples, and a
 checkpoint resumes mid-epoch exactly. Items are fetched by `data.loader_workers`
 DataLoader processes (through the dataset's `__getitems__` when it has one:
 DataLoader calls it with a whole micro-batch of indices; it may return the
-items, or the batch as two stacked tensors) and collated by stacking. Evaluation splits are dealt to ranks in contiguous shares.
+items, or the batch as two stacked tensors) and collated by stacking.
+Evaluation splits are dealt to ranks in contiguous shares.
 
 Targets decide the task: integer class indices (classification; the number of
 classes is the dataset's `num_classes` or `len(classes)` attribute, else the
