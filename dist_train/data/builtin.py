@@ -21,6 +21,8 @@ class RawSet:
     input_shape: tuple[int, ...]
     num_classes: int  # 0 for a regression set
     task: str = "classification"  # or "regression"
+    class_names: tuple[str, ...] | None = None
+    feature_names: tuple[str, ...] | None = None  # of tabular sets, in order
 
 
 #: scikit-learn's small tabular sets, shipped with the package (no download):
@@ -40,9 +42,11 @@ def tabular(name: str) -> RawSet:
     loader, features, task = TABULAR[name]
     bunch = getattr(sklearn.datasets, loader)()
     inputs = bunch.data.astype(np.float32)
+    names = tuple(str(n) for n in bunch.feature_names)
     if task == "regression":
-        return RawSet(inputs, bunch.target.astype(np.float32), (features,), 0, task)
-    return RawSet(inputs, bunch.target.astype(np.int64), (features,), int(bunch.target.max()) + 1, task)
+        return RawSet(inputs, bunch.target.astype(np.float32), (features,), 0, task, feature_names=names)
+    return RawSet(inputs, bunch.target.astype(np.int64), (features,), int(bunch.target.max()) + 1, task,
+                  tuple(str(n) for n in bunch.target_names), names)
 
 
 def digits() -> RawSet:

@@ -17,6 +17,7 @@ saying how much they need."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterable
@@ -26,7 +27,7 @@ import torch
 
 from dist_train.data.normalization import Normalizer
 from dist_train.data.shards import Manifest, iter_blocks
-from dist_train.data.sources import Split, Splits
+from dist_train.data.sources import InputSpec, Split, Splits
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
 
@@ -41,17 +42,19 @@ def shard_splits(manifest: Manifest, normalize: Normalizer) -> Splits:
         x = normalize(torch.from_numpy(np.concatenate([x for x, _ in blocks])))
         return Split(x.cpu(), torch.from_numpy(np.concatenate([y for _, y in blocks])))
 
-    return Splits(read("train"), read("val"), read("test"), manifest.input_shape, manifest.num_classes, manifest.task)
+    return Splits(read("train"), read("val"), read("test"), manifest.input_shape, manifest.num_classes, manifest.task,
+                  manifest.input_spec(normalize))
 
 
-def dataset_splits(batches_of: Iterable, input_shape: tuple[int, ...], num_classes: int, task: str) -> Splits:
+def dataset_splits(batches_of: Iterable, input_shape: tuple[int, ...], num_classes: int, task: str,
+                   input_spec: InputSpec) -> Splits:
     """Splits from (inputs, targets) batches already normalized, one iterable per split."""
     def read(batches: Iterable) -> Split:
         xs, ys = zip(*((x.cpu(), y.cpu()) for x, y in batches))
         return Split(torch.cat(xs), torch.cat(ys))
 
     train, val, test = (read(b) for b in batches_of)
-    return Splits(train, val, test, input_shape, num_classes, task)
+    return Splits(train, val, test, input_shape, num_classes, task, input_spec)
 
 
 def place(splits: Splits, where: str, env: DistEnv) -> Splits:
@@ -66,8 +69,7 @@ def place(splits: Splits, where: str, env: DistEnv) -> Splits:
         move = lambda s: Split(s.inputs.pin_memory(), s.targets.pin_memory())  # noqa: E731
     else:
         return splits
-    return Splits(move(splits.train), move(splits.val), move(splits.test), splits.input_shape, splits.num_classes,
-                  splits.task)
+    return dataclasses.replace(splits, train=move(splits.train), val=move(splits.val), test=move(splits.test))
 
 
 def check_fits(need: int, where: str, env: DistEnv) -> None:

@@ -31,6 +31,9 @@ class Table:
     source: dict
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _number(text: str) -> float | None:
     """The finite number a cell holds, else None ("", "NA", "nan", "inf", "abc")."""
     try:
@@ -49,11 +52,18 @@ def _columns_hint(header: list[str]) -> str:
     return hint
 
 
-def load_csv(path: Path, target: str | None, features: tuple[str, ...] | None, task: str) -> Table:
-    check_task(task)
+#: bad cells named in one message before the rest are only counted
+MAX_NAMED = 10
+
+
+def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (stripped names) and every data row with its line number.
+    Blank lines are skipped; a row with another number of fields than the
+    header, a duplicated column name, a file that is not UTF-8 or not CSV:
+    one DistTrainError naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise DistTrainError(f"--csv {path}: no such file")
+        raise DistTrainError(f"CSV file {path} does not exist")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -65,55 +75,75 @@ def load_csv(path: Path, target: str | None, features: tuple[str, ...] | None, t
             duplicate = next((h for i, h in enumerate(header) if h in header[:i]), None)
             if duplicate is not None:
                 raise DistTrainError(f"{path}: the header names column {duplicate!r} twice; rename one")
-            if target is None:
-                raise DistTrainError(f"`prepare csv` needs --target COLUMN; {_columns_hint(header)}")
-            chosen = list(features) if features is not None else [h for h in header if h != target]
-            for column, option in [(target, "--target"), *((f, "--features") for f in chosen)]:
-                if column not in header:
-                    raise DistTrainError(f"{option}: column {column!r} is not in {path}; {_columns_hint(header)}")
-            if target in chosen:
-                raise DistTrainError(f"--features names the target column {target!r}; a target cannot also be "
-                                     "a feature")
-            if len(set(chosen)) != len(chosen):
-                raise DistTrainError(f"--features names a column twice: {', '.join(chosen)}")
-            if not chosen:
-                raise DistTrainError(f"{path} has no feature columns besides the target {target!r}")
-            feature_at = [header.index(f) for f in chosen]
-            target_at = header.index(target)
-            rows: list[list[float]] = []
-            labels: list[str] = []
-            lines: list[int] = []
+            rows = []
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # a blank line
                 if len(row) != len(header):
                     raise DistTrainError(f"{path} line {reader.line_num} has {len(row)} fields, the header has "
                                          f"{len(header)}; every row needs one value per column")
-                values = []
-                for column, at in zip(chosen, feature_at):
-                    value = _number(row[at])
-                    if value is None:
-                        raise DistTrainError(f"{path} line {reader.line_num}, column {column!r}: {row[at]!r} is not a "
-                                             "(finite) number; fix the value, or leave the column out of --features")
-                    values.append(value)
-                label = row[target_at].strip()
-                if not label:
-                    raise DistTrainError(f"{path} line {reader.line_num}: the target column {target!r} is empty; "
-                                         "every sample needs a target")
-                rows.append(values)
-                labels.append(label)
-                lines.append(reader.line_num)
+                rows.append((reader.line_num, row))
     except UnicodeDecodeError as exc:
         raise DistTrainError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8 CSV") from None
     except csv.Error as exc:
         raise DistTrainError(f"{path} is not a well-formed CSV file ({exc})") from None
     if not rows:
         raise DistTrainError(f"{path} has a header but no rows of data")
-    inputs = np.array(rows, dtype=np.float64).astype(np.float32)
-    too_big = np.argwhere(~np.isfinite(inputs))
-    if len(too_big):
-        i, j = too_big[0]
-        raise DistTrainError(f"{path} line {lines[i]}, column {chosen[j]!r}: {rows[i][j]!r} is beyond float32's range")
+    return header, rows
+
+
+def numeric_columns(path: Path, header: list[str], rows: list[tuple[int, list[str]]], columns: list[str],
+                    hint: str) -> np.ndarray:
+    """The cells of `columns` as float32 (N, len(columns)). Every cell that is
+    not a finite number (or is beyond float32's range) is named, by line and
+    column, in one error (up to MAX_NAMED of them, then a count); `hint` says
+    what to do."""
+    at = [header.index(c) for c in columns]
+    values = np.empty((len(rows), len(columns)), dtype=np.float64)
+    bad: list[str] = []
+    for i, (line, row) in enumerate(rows):
+        for j, (column, k) in enumerate(zip(columns, at)):
+            value = _number(row[k])
+            if value is None or abs(value) > FLOAT32_MAX:
+                bad.append(f"line {line}, column {column!r}: {row[k]!r}")
+                value = 0.0
+            values[i, j] = value
+    if len(bad) == 1:
+        raise DistTrainError(f"{path} {bad[0]} is not a (finite) number within float32's range; {hint}")
+    if bad:
+        shown = "; ".join(bad[:MAX_NAMED]) + (f"; and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else "")
+        raise DistTrainError(f"{path}: {len(bad)} cells are not (finite) numbers within float32's range: {shown}; "
+                             f"{hint}")
+    return values.astype(np.float32)
+
+
+def load_csv(path: Path, target: str | None, features: tuple[str, ...] | None, task: str) -> Table:
+    check_task(task)
+    path = Path(path)
+    if not path.is_file():
+        raise DistTrainError(f"--csv {path}: no such file")
+    header, rows = read_rows(path)
+    if target is None:
+        raise DistTrainError(f"`prepare csv` needs --target COLUMN; {_columns_hint(header)}")
+    chosen = list(features) if features is not None else [h for h in header if h != target]
+    for column, option in [(target, "--target"), *((f, "--features") for f in chosen)]:
+        if column not in header:
+            raise DistTrainError(f"{option}: column {column!r} is not in {path}; {_columns_hint(header)}")
+    if target in chosen:
+        raise DistTrainError(f"--features names the target column {target!r}; a target cannot also be a feature")
+    if len(set(chosen)) != len(chosen):
+        raise DistTrainError(f"--features names a column twice: {', '.join(chosen)}")
+    if not chosen:
+        raise DistTrainError(f"{path} has no feature columns besides the target {target!r}")
+    inputs = numeric_columns(path, header, rows, chosen, "fix the values, or leave those columns out of --features")
+    target_at = header.index(target)
+    labels = [row[target_at].strip() for _, row in rows]
+    lines = [line for line, _ in rows]
+    empty = [str(line) for line, label in zip(lines, labels) if not label]
+    if empty:
+        raise DistTrainError(f"{path}: the target column {target!r} is empty on line{'s' if len(empty) > 1 else ''} "
+                             f"{', '.join(empty[:MAX_NAMED])}{', ...' if len(empty) > MAX_NAMED else ''}; every "
+                             "sample needs a target")
     where = f"{path} column {target!r}"
     source = {"source": "csv", "file": str(path), "target": target, "features": chosen}
     return Table(inputs, _targets(labels, lines, task, where), source)

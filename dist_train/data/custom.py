@@ -32,6 +32,7 @@ from dist_train.config import DataConfig
 from dist_train.data.loader import Batch, TrainStep, device_feed, reader_context
 from dist_train.data.normalization import Normalizer, Stats, streamed_stats
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
+from dist_train.data.sources import InputSpec
 from dist_train.env import DistEnv
 from dist_train.errors import ConfigError
 from dist_train.stop_request import ignore_stop_signals
@@ -89,7 +90,7 @@ def collate(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(inputs), torch.stack(targets)
 
 
-def _fetch(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def fetch_items(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     many = getattr(dataset, "__getitems__", None)
     return collate(many(indices) if many is not None else [dataset[i] for i in indices])
 
@@ -101,7 +102,7 @@ class CustomData:
                  global_batch_size: int, grad_accum_steps: int, seed: int) -> None:
         self.train_set, self.val_set, self.test_set = splits
         self.cfg, self.env = cfg, env
-        x, y = _fetch(self.train_set, [0])
+        x, y = fetch_items(self.train_set, [0])
         self.input_shape = tuple(x.shape[1:])
         self.input_dtype = x.dtype
         if y.dtype.is_floating_point:
@@ -117,6 +118,9 @@ class CustomData:
         self.train_size = len(self.train_set)
         self.stats = _statistics(self.train_set, self.input_shape) if cfg.normalize != "none" else {}
         self.normalize = Normalizer(self.stats, self.input_shape, cfg.normalize, env.device)
+        self.input_spec = InputSpec(self.input_shape, str(self.input_dtype).removeprefix("torch."),
+                                    self.normalize.preprocess, cfg.normalize, _class_names(self.train_set),
+                                    {"name": "custom"})
         plan = ShardedBatchPlan(self.train_size, global_batch_size, env.world_size, env.rank, seed,
                                 grad_accum_steps, cfg.drop_last)
         self.train = CustomLoader(self, plan)
@@ -131,7 +135,7 @@ class CustomData:
         return self.batch(x, y) if on_device else Batch(x, y)
 
     def example_batch(self) -> Batch:
-        return self.batch(*_fetch(self.val_set, list(range(min(2, len(self.val_set))))))
+        return self.batch(*fetch_items(self.val_set, list(range(min(2, len(self.val_set))))))
 
     def read_whole(self) -> Any:
         """Every split, read once and normalized on the CPU (data.cache)."""
@@ -145,7 +149,7 @@ class CustomData:
                 yield on_cpu(x), y
 
         return dataset_splits((batches(d) for d in (self.train_set, self.val_set, self.test_set)),
-                              self.input_shape, self.num_classes, self.task)
+                              self.input_shape, self.num_classes, self.task, self.input_spec)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         dataset = {"val": self.val_set, "test": self.test_set, "train": self.train_set}[split]
@@ -191,6 +195,14 @@ def _loader(dataset: Dataset, batches: list[list[int]], workers: int, seed: int,
                            multiprocessing_context=reader_context() if workers else None, pin_memory=pin))
 
 
+def _class_names(dataset: Dataset) -> tuple[str, ...] | None:
+    """The dataset's `classes` when they are names (torchvision's convention)."""
+    classes = getattr(dataset, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+        return tuple(classes)
+    return None
+
+
 def _num_classes(dataset: Dataset) -> int:
     if isinstance(getattr(dataset, "num_classes", None), int):
         return int(dataset.num_classes)
@@ -199,7 +211,7 @@ def _num_classes(dataset: Dataset) -> int:
         return len(classes)
     largest = -1
     for start in range(0, len(dataset), 4096):
-        _, y = _fetch(dataset, list(range(start, min(start + 4096, len(dataset)))))
+        _, y = fetch_items(dataset, list(range(start, min(start + 4096, len(dataset)))))
         if (y < 0).any():
             raise ConfigError(KEY, "a class target is negative; class indices run from 0 to (classes - 1)")
         largest = max(largest, int(y.max()))
@@ -208,6 +220,6 @@ def _num_classes(dataset: Dataset) -> int:
 
 def _statistics(dataset: Dataset, input_shape: tuple[int, ...]) -> Stats:
     """Per-channel and per-feature mean and std of the training inputs, in one pass of chunks."""
-    chunks = (_fetch(dataset, list(range(start, min(start + 4096, len(dataset)))))[0].numpy()
+    chunks = (fetch_items(dataset, list(range(start, min(start + 4096, len(dataset)))))[0].numpy()
               for start in range(0, len(dataset), 4096))
     return streamed_stats(chunks, input_shape)

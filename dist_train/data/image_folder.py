@@ -85,7 +85,7 @@ def decode_image(path: Path, size: tuple[int, int], color: str) -> np.ndarray:
             image.load()
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... on a broken file
         raise DistTrainError(f"cannot decode image {path} ({type(exc).__name__}: {exc}); it is not a readable PNG "
-                             "or JPEG: replace or delete the file, then run prepare again") from None
+                             "or JPEG: replace or delete the file, then run the command again") from None
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey: scale, don't clip, to 8 bits
         wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
         image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")

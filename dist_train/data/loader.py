@@ -8,8 +8,9 @@ from typing import Any, Protocol
 
 import torch
 
+from dist_train.data.normalization import Preprocess
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
-from dist_train.data.sources import Split, Splits
+from dist_train.data.sources import InputSpec, Split, Splits
 from dist_train.env import DistEnv
 
 
@@ -53,6 +54,8 @@ class TrainData(Protocol):
     num_classes: int  # 0 for regression
     num_outputs: int  # what the model outputs per sample: a score per class, or one value per target
     train_size: int
+    input_spec: InputSpec  # raw inputs and their preprocessing: what a model bundle carries
+    target_shape: tuple[int, ...]  # one sample's target: () for a class index or one value, (K,) for K values
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         """This rank's disjoint share of a whole evaluation split."""
@@ -159,6 +162,8 @@ class InMemoryData:
         self.input_shape, self.num_classes = splits.input_shape, splits.num_classes
         self.task, self.num_outputs = splits.task, splits.num_outputs
         self.train_size = len(splits.train)
+        self.input_spec = splits.input_spec or InputSpec(splits.input_shape, "float32", Preprocess(None, None), "none")
+        self.target_shape = tuple(splits.train.targets.shape[1:])
         plan = ShardedBatchPlan(len(splits.train), global_batch_size, env.world_size, env.rank, seed,
                                 grad_accum_steps, drop_last)
         self.train = InMemoryLoader(splits.train, plan, env.device, on_host)

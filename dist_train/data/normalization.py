@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+from torch import nn
 
 MODES = ("per_channel", "per_feature", "none")
 # A feature or channel whose std is below this is constant: it is only centred,
@@ -58,29 +59,50 @@ def streamed_stats(chunks: Iterable[np.ndarray], input_shape: tuple[int, ...]) -
     return {"per_channel": {"mean": c_mean, "std": c_std}, "per_feature": {"mean": f_mean, "std": f_std}}
 
 
-class Normalizer:
-    """Inputs (uint8 pixels or floats) to float32 on `device`, standardized
-    with the training split's statistics: (x - mean) * (1 / std)."""
+class Preprocess(nn.Module):
+    """The input preprocessing as a module: raw inputs (uint8 pixels or numbers
+    of any dtype) to float32, minus the training split's mean, times 1 / its
+    std. Training normalizes through it (`Normalizer`) and every exported model
+    carries it (`dist_train.predictor.Predictor`), so both compute the same
+    float32 numbers. `mean`/`inv_std` None: only the cast to float32."""
 
-    def __init__(self, stats: Stats, input_shape: tuple[int, ...], mode: str, device: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"normalization mode {mode!r} is not one of {MODES}")
-        self.device = device
-        if mode == "none":
-            self.mean = self.inv_std = None
-            return
-        mean = torch.tensor(stats[mode]["mean"], dtype=torch.float32)
-        std = torch.tensor(stats[mode]["std"], dtype=torch.float32)
-        std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)
-        if mode == "per_feature":
-            mean, std = mean.reshape(input_shape), std.reshape(input_shape)
-        elif len(input_shape) >= 2:  # one value per channel, broadcast over the positions
-            view = [input_shape[0]] + [1] * (len(input_shape) - 1)
-            mean, std = mean.reshape(view), std.reshape(view)
-        self.mean, self.inv_std = mean.to(device), (1.0 / std).to(device)
+    def __init__(self, mean: torch.Tensor | None, inv_std: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", inv_std)
 
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        x = inputs.to(self.device, non_blocking=True).float()
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs.float()
         if self.mean is None:
             return x
         return (x - self.mean) * self.inv_std
+
+
+def preprocess_of(stats: Stats, input_shape: tuple[int, ...], mode: str) -> Preprocess:
+    """The Preprocess (on the CPU) for `mode` with the training split's statistics."""
+    if mode not in MODES:
+        raise ValueError(f"normalization mode {mode!r} is not one of {MODES}")
+    if mode == "none":
+        return Preprocess(None, None)
+    mean = torch.tensor(stats[mode]["mean"], dtype=torch.float32)
+    std = torch.tensor(stats[mode]["std"], dtype=torch.float32)
+    std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)
+    if mode == "per_feature":
+        mean, std = mean.reshape(input_shape), std.reshape(input_shape)
+    elif len(input_shape) >= 2:  # one value per channel, broadcast over the positions
+        view = [input_shape[0]] + [1] * (len(input_shape) - 1)
+        mean, std = mean.reshape(view), std.reshape(view)
+    return Preprocess(mean, 1.0 / std)
+
+
+class Normalizer:
+    """Inputs (uint8 pixels or floats) moved to `device` and standardized with
+    the training split's statistics: (x - mean) * (1 / std), in float32."""
+
+    def __init__(self, stats: Stats, input_shape: tuple[int, ...], mode: str, device: str) -> None:
+        self.mode, self.device = mode, device
+        self.preprocess = preprocess_of(stats, input_shape, mode)  # on the CPU: what a model bundle keeps
+        self._on_device = preprocess_of(stats, input_shape, mode).to(device)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._on_device(inputs.to(self.device, non_blocking=True))

@@ -26,14 +26,15 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dist_train.data.normalization import normalization_stats
+from dist_train.data.normalization import Normalizer, normalization_stats
 from dist_train.data.sampler import even_slices
+from dist_train.data.sources import InputSpec
 from dist_train.errors import DistTrainError
 
 FORMAT = "dist-train-shards/1"
@@ -65,6 +66,7 @@ class Manifest:
     task: str = "classification"
     class_names: tuple[str, ...] | None = None  # index -> name, when the source named its classes
     target_shape: tuple[int, ...] = ()  # one sample's target: () for a class index or one real value, (K,) for K
+    source: dict[str, Any] = field(default_factory=dict)  # where the data came from (CSV columns, image size, ...)
 
     def num_samples(self, split: str) -> int:
         return sum(s.samples for s in self.splits[split])
@@ -73,6 +75,11 @@ class Manifest:
     def num_outputs(self) -> int:
         """The model's outputs: one per class, or one per regression value."""
         return self.num_classes if self.task == "classification" else int(np.prod(self.target_shape))
+
+    def input_spec(self, normalizer: Normalizer) -> InputSpec:
+        """The raw inputs as stored and their preprocessing, for a model bundle."""
+        return InputSpec(self.input_shape, self.input_dtype, normalizer.preprocess, normalizer.mode, self.class_names,
+                         {"name": self.name, **self.source})
 
     def expected_targets(self, n: int) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of a block of `n` samples' targets."""
@@ -202,7 +209,7 @@ def load_manifest(root: Path) -> Manifest:
             splits={s: tuple(ShardInfo(**e) for e in raw["splits"][s]["shards"]) for s in SPLITS},
             normalization=raw["normalization"], task=task,
             class_names=tuple(str(c) for c in class_names) if class_names is not None else None,
-            target_shape=tuple(int(d) for d in raw.get("target_shape", ())))
+            target_shape=tuple(int(d) for d in raw.get("target_shape", ())), source=dict(raw.get("source") or {}))
     except (ValueError, KeyError, TypeError) as exc:
         raise DistTrainError(f"{path} is not a valid manifest ({type(exc).__name__}: {exc}); prepare the data again") from None
 

@@ -7,14 +7,31 @@ normalizes prepared shards when they are read (normalization.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from dist_train.config import DataConfig
-from dist_train.data.builtin import DIGITS_SHAPE, TABULAR, digits, synthetic, tabular
-from dist_train.data.normalization import Normalizer, normalization_stats
+from dist_train.data.builtin import DIGITS_SHAPE, TABULAR, RawSet, digits, synthetic, tabular
+from dist_train.data.normalization import Normalizer, Preprocess, normalization_stats
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One raw sample as the data source gives it (before preprocessing) and
+    how training preprocessed it: what a model must carry to take raw inputs.
+    `source`: what new inputs must look like beyond shape and dtype (the
+    feature columns of a CSV, the size and colour of images, the data set's
+    name)."""
+
+    shape: tuple[int, ...]
+    dtype: str  # of the raw inputs: "uint8", "float32", ...
+    preprocess: Preprocess  # on the CPU
+    normalize: str  # data.normalize's mode
+    class_names: tuple[str, ...] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,7 @@ class Splits:
     input_shape: tuple[int, ...]
     num_classes: int  # 0 for real-valued targets
     task: str = "classification"  # or "regression"
+    input_spec: InputSpec | None = None  # None: inputs made by hand (tests), float32 and not normalized
 
     @property
     def num_outputs(self) -> int:
@@ -57,16 +75,31 @@ def task_of(cfg: DataConfig) -> str | None:
     return "classification" if cfg.source in ("digits", "synthetic") else None
 
 
-def build_splits(cfg: DataConfig) -> Splits:
+def raw_set(cfg: DataConfig) -> RawSet:
+    """The samples of a built-in in-memory source, before the split."""
     if cfg.source == "digits":
-        raw = digits()
-    elif cfg.source == "synthetic":
-        raw = synthetic(cfg.num_samples, (cfg.num_features,), cfg.num_classes, cfg.split_seed)
-    elif cfg.source in TABULAR:
-        raw = tabular(cfg.source)
-    else:  # shards are streamed (dist_train.data.stream), never built here
-        raise AssertionError(cfg.source)
-    return split_and_normalize(raw.inputs, raw.targets, raw.input_shape, raw.num_classes, cfg, raw.task)
+        return digits()
+    if cfg.source == "synthetic":
+        return synthetic(cfg.num_samples, (cfg.num_features,), cfg.num_classes, cfg.split_seed)
+    if cfg.source in TABULAR:
+        return tabular(cfg.source)
+    raise AssertionError(cfg.source)  # shards are streamed (dist_train.data.stream), never built here
+
+
+def raw_split(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of a built-in source as the source gives it (not normalized):
+    what a model bundle, which normalizes itself, is evaluated on."""
+    raw = raw_set(cfg)
+    n = len(raw.targets)
+    index = dict(zip(("train", "val", "test"), split_indices(n, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)))
+    return raw.inputs.reshape(n, *raw.input_shape)[index[split]], raw.targets[index[split]]
+
+
+def build_splits(cfg: DataConfig) -> Splits:
+    raw = raw_set(cfg)
+    return split_and_normalize(raw.inputs, raw.targets, raw.input_shape, raw.num_classes, cfg, raw.task,
+                               raw.class_names, {"name": cfg.source, **({"features": list(raw.feature_names)}
+                                                                         if raw.feature_names else {})})
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -78,13 +111,16 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tuple[int, ...],
-                        num_classes: int, cfg: DataConfig, task: str = "classification") -> Splits:
+                        num_classes: int, cfg: DataConfig, task: str = "classification",
+                        class_names: tuple[str, ...] | None = None, source: dict[str, Any] | None = None) -> Splits:
     """Split with `cfg.split_seed` and normalize every split with the training
     split's statistics, once, on the CPU (the loaders then move the samples)."""
     n = len(targets)
     train_idx, val_idx, test_idx = split_indices(n, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     inputs = inputs.reshape(n, *input_shape)
     normalize = Normalizer(normalization_stats(inputs[train_idx]), input_shape, cfg.normalize, "cpu")
+    spec = InputSpec(tuple(input_shape), str(inputs.dtype), normalize.preprocess, cfg.normalize, class_names,
+                     source or {})
     x = normalize(torch.from_numpy(inputs))
     y = torch.from_numpy(targets.astype(np.int64 if task == "classification" else np.float32))
 
@@ -92,4 +128,4 @@ def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tu
         index = torch.from_numpy(idx)
         return Split(x[index].contiguous(), y[index].contiguous())
 
-    return Splits(take(train_idx), take(val_idx), take(test_idx), input_shape, num_classes, task)
+    return Splits(take(train_idx), take(val_idx), take(test_idx), input_shape, num_classes, task, spec)

@@ -222,6 +222,8 @@ class ShardData:
         self.num_classes, self.task = self.manifest.num_classes, self.manifest.task
         self.num_outputs = self.manifest.num_outputs
         self.train_size = self.manifest.num_samples("train")
+        self.input_spec = self.manifest.input_spec(self.normalize)
+        self.target_shape = self.manifest.target_shape
         self.train = ShardTrainLoader(self.manifest, cfg, env, per_rank_batch, grad_accum_steps, seed, self.normalize)
 
     def example_batch(self) -> Batch:
