@@ -75,6 +75,8 @@ def _as_config(config: Any, overrides: Sequence[str]) -> Config:
 
 
 def _model_factory(model: Any) -> Callable[[Config, Any], nn.Module]:
+    from dist_train.predictor import object_recipe
+
     def make(cfg: Config, data: Any) -> nn.Module:
         if isinstance(model, nn.Module):
             return model
@@ -85,4 +87,5 @@ def _model_factory(model: Any) -> Callable[[Config, Any], nn.Module]:
         if not isinstance(built, nn.Module):
             raise ConfigError("model", f"the model function returned a {type(built).__name__}, not a torch nn.Module")
         return built
+    make.recipe = object_recipe(model)  # type: ignore[attr-defined]  # how a model bundle builds it again
     return make

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
 from dist_train.comm import Comm
-from dist_train.config import Config
+from dist_train.config import Config, to_dict
 from dist_train.data import TrainData, build_data
 from dist_train.env import DistEnv
 from dist_train.losses import LossFn, build_loss
 from dist_train.models import build_model, check_outputs
 from dist_train.optim import build_optimizer
+from dist_train.predictor import PredictorSpec, config_recipe, spec_for
 from dist_train.resolve import Resolved
 from dist_train.rng import rank_seed, seed_everything
 from dist_train.schedules import LRSchedule
@@ -34,6 +36,7 @@ class Parts:
     strategy: Strategy  # the model, wrapped for training, its optimizer and precision
     schedule: LRSchedule
     loss_fn: LossFn
+    spec: PredictorSpec  # what predicting needs besides the weights (every checkpoint holds it)
 
 
 def build_parts(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None = None,
@@ -42,6 +45,7 @@ def build_parts(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None
     data)`), synchronized batch norm, optimizer, strategy, LR schedule and
     loss, in that order. One forward pass checks the model's outputs against
     the targets first."""
+    given = data is not None
     data = data if data is not None else build_data(cfg, env, resolved, comm)
     check_task(cfg, data.task)  # a custom source's task is known only now
     # Same seed on every rank for the weights (DDP also broadcasts rank 0's),
@@ -59,7 +63,19 @@ def build_parts(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, resolved.global_batch_size, total)
-    return Parts(data, strategy, schedule, build_loss(cfg.train.loss, data.task))
+    recipe = config_recipe(cfg.model) if model_factory is None else getattr(
+        model_factory, "recipe", {"kind": "object", "name": "a model given in Python", "files": {}})
+    spec = spec_for(recipe, data, cfg.train.loss, {"source": "python"} if given else data_record(cfg))
+    return Parts(data, strategy, schedule, build_loss(cfg.train.loss, data.task), spec)
+
+
+def data_record(cfg: Config) -> dict:
+    """The run's data section, its path made absolute: where `dist-train
+    evaluate` finds the run's own splits again."""
+    record = to_dict(cfg.data)
+    if cfg.data.path:
+        record["path"] = str(Path(cfg.data.path).resolve())
+    return record
 
 
 def _config_model(cfg: Config, data: TrainData) -> nn.Module:

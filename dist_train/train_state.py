@@ -16,6 +16,7 @@ class TrainState:
     step_in_epoch: int = 0  # optimizer steps done in `epoch`: where the data loader resumes
     global_step: int = 0
     last_val: dict[str, float] = field(default_factory=dict)  # the last validation metrics
+    last_test: dict[str, float] = field(default_factory=dict)  # the test split's metrics, once the run finished
     best_checkpoint: list = field(default_factory=list)  # [monitored value, global step] of the best kept checkpoint
     best_monitored: float | None = None  # best value so far of the metric the logs carry
     last_logged_lr: float | None = None  # a resumed run records the LR exactly as the whole run would

@@ -30,6 +30,7 @@ from dist_train.metrics import RunningMean, evaluate
 from dist_train.monitor import Monitor
 from dist_train.optim import apply_hyperparameters
 from dist_train.parts import Parts, build_parts
+from dist_train.predictor import Predictor
 from dist_train.resolve import Resolved, resolve
 from dist_train.rng import RankStreams
 from dist_train.stop_request import StopRequest
@@ -53,13 +54,23 @@ class EpochEnd(enum.Enum):
 
 @dataclass
 class FitResult:
-    model: nn.Module
+    #: the trained model taking raw inputs (the data source's, before normalization): a Predictor in eval mode
+    model: Predictor
     steps: int
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     stopped: bool = False  # a stop request was honoured: checkpoint saved, resume later
     stopped_by: str = ""  # the signal that asked (or "another rank")
     early_stopped: bool = False
+
+    @property
+    def network(self) -> nn.Module:
+        """The network as trained: it takes normalized inputs."""
+        return self.model.network
+
+    def predict(self, inputs: Any) -> torch.Tensor:
+        """Class indices or regression values for raw inputs (see Predictor.predict)."""
+        return self.model.predict(inputs)
 
 
 class Trainer:
@@ -68,6 +79,7 @@ class Trainer:
         self.cfg, self.env, self.resolved = cfg, env, resolved
         self.comm = comm or Comm.of(env)
         self.data, self.strategy, self.schedule, self.loss_fn = parts.data, parts.strategy, parts.schedule, parts.loss_fn
+        self.spec = parts.spec
         self.tracker = tracker or NullTracker()
         self.stop = stop or StopRequest()
         self.state = TrainState(world_size=env.world_size)
@@ -136,11 +148,12 @@ class Trainer:
         if self.early_stopping.restore(self.strategy.model):
             tracker.log("restore_best", epoch=self.early_stopping.best_epoch, best=self.early_stopping.best)
         test = self.evaluate("test")
-        tracker.log("test", step=s.global_step, **self._named("test", test))
+        s.last_test = self._named("test", test)
+        tracker.log("test", step=s.global_step, **s.last_test)
         s.finished, s.early_stopped = True, early_stopped
         self.save_checkpoint()  # the end of the run (marked finished)
         self.wait_for_checkpoint()
-        return FitResult(self.strategy.model, s.global_step, s.last_val, test, early_stopped=early_stopped)
+        return FitResult(self._predictor(), s.global_step, s.last_val, test, early_stopped=early_stopped)
 
     def train_epoch(self) -> tuple[EpochEnd, int]:
         """The rest of the current epoch, from `step_in_epoch`: why it ended, and
@@ -233,6 +246,8 @@ class Trainer:
         return stop
 
     def evaluate(self, split_name: str) -> dict[str, float]:
+        # every rank evaluates the weights and buffers the checkpoint holds (rank 0's)
+        self.strategy.share_buffers()
         batches = self.data.eval_batches(split_name, EVAL_BATCH_SIZE)
         return evaluate(self.strategy.eval_model, batches, self.loss_fn, self.comm, self.env.device, self.data.task,
                         self.data.num_outputs)
@@ -254,7 +269,11 @@ class Trainer:
         if self.last_saved_step != s.global_step:
             self.save_checkpoint()
         self.wait_for_checkpoint()
-        return FitResult(self.strategy.model, s.global_step, s.last_val, stopped=True, stopped_by=by)
+        return FitResult(self._predictor(), s.global_step, s.last_val, stopped=True, stopped_by=by)
+
+    def _predictor(self) -> Predictor:
+        """The trained network behind the preprocessing its data had (raw inputs in)."""
+        return Predictor(self.strategy.model, self.spec)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -264,7 +283,7 @@ class Trainer:
             shared={"model.pt": StrategyWeights(self.strategy),
                     "trainer.pt": {"strategy": self.strategy, "schedule": self.schedule,
                                    "early_stopping": self.early_stopping, "state": self.state},
-                    "best_model.pt": BestWeights(self.early_stopping)},
+                    "best_model.pt": BestWeights(self.early_stopping), "predictor.pt": self.spec},
             per_rank={"rng": self.streams, "running_loss": self.running_loss},
             files=self.strategy)
 
@@ -280,7 +299,7 @@ class Trainer:
         # logged first, so the line count the checkpoint keeps includes it
         self.tracker.log("checkpoint", epoch=s.epoch, step=s.global_step, finished=s.finished)
         info = {"epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "finished": s.finished,
-                "early_stopped": s.early_stopped, **s.last_val,
+                "early_stopped": s.early_stopped, **s.last_val, **(s.last_test if s.finished else {}),
                 # what a resume compares and continues with, without loading trainer.pt
                 "config": self._config_record, "strategy": self.resolved.strategy,
                 "metrics_lines": self.tracker.lines, "wandb_run_id": self.tracker.run_id}

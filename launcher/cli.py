@@ -127,14 +127,49 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/report.png of the first run)")
 
     p_export = sub.add_parser(
-        "export", help="write a checkpoint's consolidated weights as a plain torch state_dict file",
-        description="Take the newest valid checkpoint of RUN_DIR (or the checkpoint directory given) and write its "
-                    "whole model's weights (float32) to FILE, loadable with torch.load(FILE, weights_only=True) "
-                    "without dist-train, whatever the strategy (DDP, DeepSpeed ZeRO 0-3) or precision.",
+        "export", help="write a trained model that predicts from raw inputs: a bundle, and a torch-only .pt2",
+        description="Take the newest valid checkpoint of RUN_DIR (or the checkpoint directory given) and write FILE, "
+                    "a model bundle (weights, the network's recipe, the input preprocessing, classes, metrics; "
+                    "dist_train.load_model(FILE) or `dist-train predict FILE ...`), and FILE with suffix .pt2, the "
+                    "same model traced by torch.export for torch alone (torch.export.load(PT2).module() takes raw "
+                    "inputs). Whatever the strategy (DDP, DeepSpeed ZeRO 0-3) or precision, weights are float32.",
     )
     p_export.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a checkpoint directory")
-    p_export.add_argument("--out", required=True, help="the .pt file to write")
+    p_export.add_argument("--out", required=True, help="the bundle to write, e.g. model.pt (model.pt2 beside it)")
     p_export.add_argument("--best", action="store_true", help="the best weights (best_model.pt) instead of the last")
+    p_export.add_argument("--state-dict", action="store_true",
+                          help="write only the weights as a plain state_dict (as dist-train did before bundles)")
+    p_export.add_argument("--allow-changed-code", action="store_true",
+                          help="accept a model file (class_path) that changed since training")
+
+    p_predict = sub.add_parser(
+        "predict", help="predict with a trained model: raw inputs in, a CSV or .npz of predictions out",
+        description="Predict with MODEL (a bundle from `dist-train export`, or a run directory: its newest valid "
+                    "checkpoint) for INPUT: a CSV (the training feature columns, by name, in any order), a .npy or "
+                    ".npz of inputs, image files or folders (resized as `prepare imagefolder` did), or a prepared "
+                    "data set (--split). Writes one row per sample in input order: the class, its name and its "
+                    "probability (the --top-k most probable), or the predicted values. With --nproc-per-node N "
+                    "the samples are shared among N workers; the file is the same, byte for byte.")
+    p_predict.add_argument("model", metavar="MODEL", help="a model bundle (.pt) or a run directory")
+    p_predict.add_argument("inputs", metavar="INPUT", nargs="+", help="a CSV, .npy, .npz, image files or folders, "
+                                                                        "or a prepared data set directory")
+    p_predict.add_argument("--out", required=True, help="the predictions to write: FILE.csv or FILE.npz")
+    p_predict.add_argument("--top-k", type=int, default=1, help="classes per sample, most probable first (default 1)")
+    _add_inference_arguments(p_predict)
+
+    p_evaluate = sub.add_parser(
+        "evaluate", help="metrics of a trained model on its run's test split (or any split, or new data)",
+        description="Evaluate MODEL (a bundle, or a run directory) on DATA (as for predict, with targets: a CSV with "
+                    "the target column, an .npz with x and y, a folder of class folders of images, a prepared data "
+                    "set), or by default on its run's own --split (test). Prints the run's metrics (its loss, "
+                    "accuracy or MSE, MAE and R^2) and for classes top-1 and top-k error, log loss, precision, "
+                    "recall and F1 per class and macro, and the confusion matrix; --out DIR also writes "
+                    "metrics.json, confusion_matrix.csv and confusion_matrix.png. Exact with any number of workers.")
+    p_evaluate.add_argument("model", metavar="MODEL", help="a model bundle (.pt) or a run directory")
+    p_evaluate.add_argument("data", metavar="DATA", nargs="*", help="data to evaluate on (default: the run's own split)")
+    p_evaluate.add_argument("--out", default=None, help="a directory for metrics.json and the confusion matrix")
+    p_evaluate.add_argument("--top-k", type=int, default=5, help="k of the top-k accuracy (default 5)")
+    _add_inference_arguments(p_evaluate)
 
     p_sweep = sub.add_parser(
         "sweep", help="hyperparameter search: run trials of a base config over a search space, ranked",
@@ -163,10 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    from launcher.elastic import add_launch_arguments
+
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="the split of a prepared data set, or of the run's own data (default test)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="samples per forward pass (default 1024)")
+    parser.add_argument("--best", action="store_true", help="a run directory's best weights instead of the last")
+    parser.add_argument("--allow-changed-code", action="store_true",
+                        help="accept a model file (class_path) that changed since training")
+    add_launch_arguments(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "launch": cmd_launch, "prepare": cmd_prepare, "report": cmd_report,
-                "export": cmd_export, "sweep": cmd_sweep, "check": cmd_check, "slurm": cmd_slurm}
+                "export": cmd_export, "sweep": cmd_sweep, "check": cmd_check, "slurm": cmd_slurm,
+                "predict": cmd_predict, "evaluate": cmd_evaluate}
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what workers of predict and evaluate are given
     return _speaking(commands[args.command], args)
 
 
@@ -275,11 +324,33 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from launcher.tools.export import export_weights
+    from dist_train.bundle import export, export_state_dict
 
-    checkpoint = export_weights(Path(args.source), Path(args.out), best=args.best)
-    print(f"wrote {args.out} from {checkpoint}")
+    if args.state_dict:
+        checkpoint = export_state_dict(Path(args.source), Path(args.out), best=args.best)
+        print(f"wrote {args.out} (the weights as a plain state_dict) from {checkpoint}")
+        return 0
+    done = export(Path(args.source), Path(args.out), best=args.best, allow_changed_code=args.allow_changed_code)
+    print(f"wrote {done.bundle} from {done.checkpoint}: load it with dist_train.load_model, or predict with "
+          f"`dist-train predict {done.bundle} INPUT --out FILE`")
+    if done.program is not None:
+        print(f"wrote {done.program}: torch alone runs it on raw inputs: "
+              f"torch.export.load('{done.program}').module()(inputs)")
+    else:
+        print(f"dist-train: warning: {done.program_error}", file=sys.stderr)
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from launcher.tools.inference import run_predict
+
+    return run_predict(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from launcher.tools.inference import run_evaluate
+
+    return run_evaluate(args)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

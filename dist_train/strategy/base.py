@@ -112,6 +112,33 @@ class Strategy(ABC):
         self.precision.skip()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def share_buffers(self) -> None:
+        """Collective, before an evaluation: every rank takes rank 0's buffers
+        (plain batch norm's running statistics), the ones a checkpoint saves,
+        so the metrics are those of the saved model and the same on every rank.
+        Each rank's plain batch norm updates its own statistics in a training
+        forward, and DDP copies rank 0's to every rank before the next one, so
+        no training step changes. Synchronized batch norm keeps them identical
+        already."""
+        if self.world_size <= 1:
+            return
+        if not hasattr(self, "_own_buffers"):
+            from dist_train.sync_batchnorm import SyncBatchNorm
+
+            synced = {id(b) for m in self.model.modules() if isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm))
+                      for b in m.buffers(recurse=False)}
+            self._own_buffers = [b for b in self.model.buffers() if id(b) not in synced]
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for b in self._own_buffers:
+            by_dtype.setdefault(b.dtype, []).append(b)
+        import torch.distributed as dist
+
+        for group in by_dtype.values():  # one broadcast per dtype
+            flat = torch.cat([b.reshape(-1) for b in group])
+            dist.broadcast(flat, src=0)
+            for b, part in zip(group, flat.split([b.numel() for b in group])):
+                b.copy_(part.view_as(b))
+
     @property
     def eval_model(self) -> nn.Module:
         """The module evaluation calls (float32 inputs, no communication)."""

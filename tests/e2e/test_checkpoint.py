@@ -22,5 +22,6 @@ def test_export_best_without_best_model_takes_the_kept_best_checkpoint(tmp_path)
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "has no best_model.pt" in proc.stdout and f"{best.path.name} (val_loss={best.manifest['val_loss']})" in proc.stdout
-    exported, saved = torch.load(out, weights_only=True), torch.load(best.path / "model.pt", weights_only=True)
+    exported = torch.load(out, weights_only=True)["weights"]
+    saved = torch.load(best.path / "model.pt", weights_only=True)
     assert all(torch.equal(exported[k], saved[k]) for k in saved)

@@ -21,11 +21,12 @@ deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is an optional ex
 
 
 def test_consolidated_weights_load_with_plain_torch(tmp_path):
-    """ZeRO-3 shards the parameters; model.pt (and `dist-train export`) still
-    holds the whole model, loadable into a plain torch module."""
+    """ZeRO-3 shards the parameters; model.pt (and `dist-train export
+    --state-dict`) still holds the whole model, loadable into a plain torch
+    module; the bundle loads it behind its preprocessing."""
     (whole, _), _ = run_workers(stop_and_resume, 2, str(tmp_path), 3, timeout_s=300)
     out = tmp_path / "weights.pt"
-    proc = subprocess.run([sys.executable, "-m", "launcher", "export", whole, "--out", str(out)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "launcher", "export", whole, "--out", str(out), "--state-dict"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     code = f"""
@@ -39,6 +40,10 @@ print(sum(p.numel() for p in model.parameters()))
     check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
     assert check.returncode == 0, check.stderr
     assert int(check.stdout.strip()) == 12 * 16 + 16 + 16 * 4 + 4
+    import dist_train
+
+    bundle = dist_train.export(whole, tmp_path / "model.pt")
+    assert dist_train.load_model(bundle.bundle).predict(torch.zeros(3, 12)).shape == (3,)
 
 
 # ------------------------------------------------------------ configuration

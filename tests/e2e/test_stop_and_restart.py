@@ -225,3 +225,23 @@ def test_a_script_launched_with_the_python_api_stops_resumes_and_ends_exact(tmp_
     assert code == 0, out
     assert f"resuming from {tmp_path / 'run'}/checkpoints/step-{int(said[0][1]):08d}" in out
     assert_same_weights(weights(tmp_path / "run"), weights(whole))
+
+
+def test_plain_batch_norm_under_ddp_resumes_with_the_same_metrics_after_ctrl_c(tmp_path):
+    """Each rank's plain batch norm keeps its own running statistics between
+    DDP's copies of rank 0's; evaluation uses rank 0's (what the checkpoint
+    holds) on every rank, so a resumed run logs what the uninterrupted one did."""
+    from tests.helpers import events
+
+    bn = ["model.batch_norm=true", "model.sync_batchnorm=false", "model.hidden_sizes=[16,16]"]
+    code, out = finish(launch(job("memory", None, tmp_path / "whole", *bn)))
+    assert code == 0, out
+    proc = launch(job("memory", None, tmp_path / "run", *bn))
+    wait_for_step(tmp_path / "run", random.Random("bn").randrange(16, 40), proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 75, out
+    code, out = finish(launch(job("memory", None, tmp_path / "run", *bn)))
+    assert code == 0 and "resuming from" in out, out
+    assert events(tmp_path / "run") == events(tmp_path / "whole")
+    assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "whole"))

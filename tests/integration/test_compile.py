@@ -18,7 +18,7 @@ def test_a_compiled_model_trains_as_the_plain_one_and_keeps_its_state_dict_keys(
                                  "model.hidden_sizes=[16]", "dist.device=cpu", f"train.compile={str(compiled).lower()}"])
         trainer = Trainer.build(cfg, DistEnv())
         result = trainer.fit()
-        results[compiled] = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+        results[compiled] = {k: v.detach().clone() for k, v in result.network.state_dict().items()}
         if compiled:
             assert type(trainer.strategy.train_model).__name__ == "OptimizedModule"
     assert results[False].keys() == results[True].keys()  # no "_orig_mod." in checkpoints or exports

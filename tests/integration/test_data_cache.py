@@ -57,7 +57,7 @@ def test_cached_shards_use_every_sample_once_per_epoch(tmp_path):
 
 def weights(env, overrides):
     result = Trainer.build(load_config(None, [*SMALL, *overrides]), env).fit()
-    return {"weights": {k: v.detach().clone() for k, v in result.model.state_dict().items()}, "test": result.test}
+    return {"weights": {k: v.detach().clone() for k, v in result.network.state_dict().items()}, "test": result.test}
 
 
 def test_cached_shards_on_two_workers_equal_one_process(shards):

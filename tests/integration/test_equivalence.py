@@ -32,7 +32,7 @@ CASES = {
 def train_weights(env: DistEnv, overrides: list[str]) -> dict:
     cfg = load_config(None, BASE + overrides)
     result = Trainer.build(cfg, env).fit()
-    return {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in result.network.state_dict().items()}
 
 
 def train_all_cases(env: DistEnv, accum: int) -> dict:

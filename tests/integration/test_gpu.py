@@ -21,7 +21,7 @@ def test_cuda_training_matches_cpu_training():
     for device in ("cpu", "cuda"):
         cfg = load_config(None, overrides + [f"dist.device={device}"])
         env = DistEnv.from_env({}, device=device)
-        model = Trainer.build(cfg, env).fit().model
+        model = Trainer.build(cfg, env).fit().network
         results[device] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     for key, value in results["cpu"].items():
         assert torch.allclose(value, results["cuda"][key], atol=1e-4), key
@@ -57,7 +57,7 @@ def test_bf16_and_fp16_reach_the_fp32_accuracy_band_under_ddp_and_deepspeed(conf
 def trained_on(device, overrides):
     cfg = load_config(None, ["data.source=synthetic", "train.epochs=2", "model.hidden_sizes=[16]", "model.dropout=0.0",
                              f"dist.device={device}", *overrides])
-    model = Trainer.build(cfg, DistEnv.from_env({}, device=device)).fit().model
+    model = Trainer.build(cfg, DistEnv.from_env({}, device=device)).fit().network
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 

@@ -25,7 +25,7 @@ def early_stopping_worker(env):
     trainer = Trainer.build(cfg, env)
     result = trainer.fit()
     best = trainer.early_stopping.best_weights
-    restored = all(torch.equal(v, best[k]) for k, v in result.model.state_dict().items())
+    restored = all(torch.equal(v, best[k]) for k, v in result.network.state_dict().items())
     return {"epochs": trainer.state.epoch, "early": result.early_stopped, "lr": trainer.strategy.optimizer.param_groups[0]["lr"],
             "restored": restored, "best_epoch": trainer.early_stopping.best_epoch}
 

@@ -234,7 +234,7 @@ CNN = ["model.sync_batchnorm={}", "train.max_steps=8", "train.grad_accum_steps=1
 def cnn_weights(env, sync, accum=1):
     cfg = load_config(f"{REPO}/configs/digits_cnn.yaml",
                       [CNN[0].format(str(sync).lower()), *CNN[1:], f"train.grad_accum_steps={accum}"])
-    model = Trainer.build(cfg, env).fit().model
+    model = Trainer.build(cfg, env).fit().network
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -33,7 +33,7 @@ USER = ["data.source=custom", f"data.class_path={DATA}:make_splits", "data.loade
 def trained(env, overrides):
     cfg = load_config(None, [*USER, *overrides])
     result = Trainer.build(cfg, env).fit()
-    return {"weights": {k: v.detach().clone() for k, v in result.model.state_dict().items()}, "test": result.test}
+    return {"weights": {k: v.detach().clone() for k, v in result.network.state_dict().items()}, "test": result.test}
 
 
 def test_two_workers_equal_one_process_for_a_user_model_with_batch_norm_and_a_custom_dataset():
@@ -112,7 +112,7 @@ def regression(env):
                              "optim.lr=0.01", "dist.device=cpu", "early_stopping.enabled=true",
                              "early_stopping.monitor=val_r2", "schedule.name=plateau", "schedule.monitor=val_mae"])
     result = Trainer.build(cfg, env).fit()
-    return {"weights": dict(result.model.state_dict()), "val": result.val, "test": result.test}
+    return {"weights": dict(result.network.state_dict()), "val": result.val, "test": result.test}
 
 
 def test_regression_on_two_workers_equals_one_process_with_exact_metrics():
@@ -158,7 +158,7 @@ def test_a_model_given_as_an_object_trains_through_the_python_api(tmp_path):
                              "dist": {"device": "cpu"},
                              "data": {"loader_workers": 0, "normalize": "per_feature"}},
                             f"run.dir={tmp_path}", "wandb.mode=disabled", model=model, data=make_splits())
-    assert result.model is model and result.steps == 35 and result.test["accuracy"] > 0.75  # chance: 1/3
+    assert result.network is model and result.steps == 35 and result.test["accuracy"] > 0.75  # chance: 1/3
     assert dist_train.fit({"dist": {"device": "cpu"}}, f"run.dir={tmp_path}", "train.epochs=5", "optim.lr=0.02",
                           "wandb.mode=disabled", "train.global_batch_size=32", "data.loader_workers=0",
                           "data.normalize=per_feature", model=model, data=make_splits()) is None  # finished: nothing to do
