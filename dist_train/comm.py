@@ -97,6 +97,18 @@ class Comm:
             raise SharedError(outcome[1], outcome[2])
         return outcome[1]
 
+    def raise_together(self, error: BaseException | None) -> None:
+        """Collective: when any rank met an error, every rank raises it (the
+        lowest such rank's message and exit status), so none is left waiting
+        in a collective its peers never reach."""
+        everyone = self.gather_object(None if error is None else _as_shared(error))
+        first = next((rank for rank, e in enumerate(everyone) if e is not None), None)
+        if first is None:
+            return
+        if first == self.rank and error is not None:
+            raise error  # the one rank that says it: the others raise SharedError, and stay quiet
+        raise SharedError(*everyone[first])
+
     def agree_on_errors(self, problems: list[str], what: str) -> None:
         """Raise the same DistTrainError on every rank when any rank found a
         problem; `what` introduces the list."""

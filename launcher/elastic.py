@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
@@ -228,7 +229,7 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
-    from dist_train.errors import EXIT_RESUME
+    from dist_train.errors import EXIT_RESUME, EXIT_USAGE
     from launcher.stop_signals import LauncherSignals, StopNow, report_stop, report_stop_now
 
     if "OMP_NUM_THREADS" not in os.environ and str(args.nproc_per_node) != "1":
@@ -247,6 +248,9 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         StuckAgentWatchdog(endpoint, grace_s, status_dir).start()
     expected = int(args.nproc_per_node) if str(args.nproc_per_node).isdigit() else None
     signals = LauncherSignals(live_children).install()
+    agent_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    quiet = _QuietUsageExits(agent_log)
+    agent_log.addFilter(quiet)
     try:
         torchrun_main(torchrun_argv(args, config, overrides, worker))
     except SignalException as exc:
@@ -262,10 +266,49 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         detail = ""
         if exc.failures:
             rank, first = exc.get_first_failure()
+            if first.exitcode == EXIT_USAGE and set(worker_statuses(status_dir).values()) == {EXIT_USAGE}:
+                return EXIT_USAGE  # a mistake the workers agreed on and one of them said, once
             detail = f" (first failure: rank {rank}, exit code {first.exitcode})"
         print(f"dist-train launch: workers failed{detail}; see the worker output above", file=sys.stderr, flush=True)
         return 1
     finally:
+        agent_log.removeFilter(quiet)
+        quiet.release()
         signals.uninstall()
         shutil.rmtree(status_dir, ignore_errors=True)
     return 0
+
+
+class _QuietUsageExits(logging.Filter):
+    """Drops torch's agent's log lines about workers that exited with status 2
+    (a user's mistake, which a worker has already said in one line): the
+    "failed (exitcode: 2)" line, and the "closing signal SIGTERM" lines the
+    agent logs just before it, for peers that were ending anyway. Those are
+    held until the agent's next line says whether they belong to such an
+    exit; otherwise they are let through."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger, self.held, self.releasing = logger, [], False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.releasing:
+            return True
+        message = record.getMessage()
+        if "closing signal SIGTERM" in message:
+            self.held.append(record)
+            return False
+        if "(exitcode: 2)" in message:
+            self.held.clear()
+            return False
+        self.release()
+        return True
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        self.releasing = True
+        try:
+            for record in held:
+                self.logger.handle(record)
+        finally:
+            self.releasing = False

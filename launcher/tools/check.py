@@ -248,26 +248,19 @@ def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, inpu
 
 
 def _fit_score(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: str) -> float:
-    """Training accuracy (classes) or R^2 (real values) on the subset."""
-    if task == "classification":
-        return _accuracy(model, inputs, targets)
+    """Training accuracy (classes) or R^2 (real values) on the subset, as the
+    run's metrics define them (dist_train.metrics: R^2 per output, averaged)."""
+    from dist_train.data.loader import Batch
+    from dist_train.metrics import evaluate
+
     model.eval()
     with torch.no_grad():
-        outputs = model(inputs).double()
-    y = targets.double().reshape(outputs.shape)
-    if not torch.isfinite(outputs).all():
-        return 0.0
-    total = ((y - y.mean(0)) ** 2).sum()
-    return float(1.0 - ((outputs - y) ** 2).sum() / total) if total > 0 else 0.0
-
-
-def _accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        logits = model(inputs)
-    if not torch.isfinite(logits).all():
-        return 0.0
-    return float((logits.argmax(dim=1) == targets).float().mean())
+        if not torch.isfinite(model(inputs)).all():
+            return 0.0
+    loss = build_loss("cross_entropy" if task == "classification" else "mse", task)
+    found = evaluate(model, [Batch(inputs, targets)], loss, Comm(), str(inputs.device), task)
+    score = found["accuracy" if task == "classification" else "r2"]
+    return score if math.isfinite(score) else 0.0
 
 
 # ------------------------------------------------------------ 3. gradcheck
