@@ -21,6 +21,17 @@ from dist_train.errors import DistTrainError
 from launcher.elastic import planned_world_size
 
 
+def _same_numbers_on_any_threads() -> None:
+    """MKL splits a matrix product differently with another number of threads,
+    which changes the last bits of some outputs: one process (all its
+    threads) and N workers (one thread each) would write different files.
+    MKL's conditional numerical reproducibility (STRICT) removes that for a
+    few percent of speed; workers inherit it. A value the user set is kept."""
+    import os
+
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.top_k < 1:
         raise DistTrainError(f"--top-k {args.top_k} must be at least 1")
@@ -69,6 +80,7 @@ def _job_in_this_process(args: argparse.Namespace, targets: bool, work: Any) -> 
 def run_predict(args: argparse.Namespace, in_worker: bool = False) -> int:
     from dist_train.inference import Predictions, check_output, predict_outputs
 
+    _same_numbers_on_any_threads()
     _check_numbers(args)
     check_output(Path(args.out))
     if not in_worker and _several_workers(args):
@@ -96,6 +108,7 @@ def run_predict(args: argparse.Namespace, in_worker: bool = False) -> int:
 def run_evaluate(args: argparse.Namespace, in_worker: bool = False) -> int:
     from dist_train.inference import evaluate_samples
 
+    _same_numbers_on_any_threads()
     _check_numbers(args)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
