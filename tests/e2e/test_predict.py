@@ -103,6 +103,11 @@ def test_evaluate_on_two_workers_gives_the_one_process_metrics(models, tmp_path)
                     .splitlines() if '"test"' in line)
     assert one["accuracy"] == run_test["test_accuracy"] and abs(one["loss"] - run_test["test_loss"]) <= 1e-6
     assert one["class_names"] == ["cheap", "dear", "fair"] and one["count"] == sum(one["support"].values())
+    # a new data set: a folder of class folders of images, labelled by the model's class names
+    proc = cli("evaluate", models["images"], models["root"] / "shapes", "--top-k", 2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"({len(list((models['root'] / 'shapes').rglob('*.png')))} samples)" in proc.stdout
+    assert "top2_accuracy" in proc.stdout and "triangle" in proc.stdout
 
 
 def bad_input(models, tmp_path, kind):
