@@ -60,6 +60,8 @@ def fit(config: str | Path | Mapping[str, Any] | Config | None = None, *override
     outcome = run_job(cfg, env, build)
     if outcome.exit_code == EXIT_RESUME and exit_on_stop:
         sys.exit(EXIT_RESUME)
+    if outcome.stop is not None:  # the script goes on: signals act as usual again
+        outcome.stop.uninstall()
     return outcome.result
 
 

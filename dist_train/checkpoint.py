@@ -74,8 +74,8 @@ class _HashingWriter:
     bytes go to disk (both release the GIL), so the digest costs neither a
     re-read nor extra time on the training's critical path."""
 
-    def __init__(self, fh: Any) -> None:
-        self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
+    def __init__(self, fh: Any, progress: Any = None) -> None:
+        self.fh, self.digest, self.size, self.progress = fh, hashlib.sha256(), 0, progress
         self._pool = ThreadPoolExecutor(max_workers=1)  # one thread: updates stay in order
         self._pending: list[Future] = []
 
@@ -83,7 +83,10 @@ class _HashingWriter:
         # a copy: torch may reuse the buffer once write() returns
         self._pending.append(self._pool.submit(self.digest.update, bytes(data)))
         self.size += len(data)
-        return self.fh.write(data)
+        written = self.fh.write(data)
+        if self.progress is not None:
+            self.progress()  # a piece of a checkpoint written is progress (the stall watchdog)
+        return written
 
     def flush(self) -> None:
         self.fh.flush()
@@ -95,10 +98,11 @@ class _HashingWriter:
         return self.digest.hexdigest()
 
 
-def _save_file(obj: Any, path: Path) -> dict[str, Any]:
-    """torch.save to a temporary name, fsync, rename; returns size and SHA-256."""
+def _save_file(obj: Any, path: Path, progress: Any = None) -> dict[str, Any]:
+    """torch.save to a temporary name, fsync, rename; returns size and SHA-256.
+    `progress` is called after every piece written."""
     with atomic_file(path, "wb") as fh:
-        writer = _HashingWriter(fh)
+        writer = _HashingWriter(fh, progress)
         torch.save(obj, writer)
     return {"bytes": writer.size, "sha256": writer.hexdigest()}
 
@@ -107,12 +111,12 @@ class FileWriter:
     """Hands a strategy the checkpoint directory: each file it saves through
     `save` is written atomically and listed in the manifest with its digest."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
+    def __init__(self, directory: Path, progress: Any = None) -> None:
+        self.directory, self.progress = Path(directory), progress
         self.written: dict[str, dict[str, Any]] = {}
 
     def save(self, obj: Any, path: Path) -> None:
-        self.written[os.path.relpath(path, self.directory)] = _save_file(obj, Path(path))
+        self.written[os.path.relpath(path, self.directory)] = _save_file(obj, Path(path), self.progress)
 
 
 def _make_dir(path: Path, comm: Comm) -> None:
@@ -125,7 +129,7 @@ def _make_dir(path: Path, comm: Comm) -> None:
 
 
 def _write(path: Path, comm: Comm, shared: dict[str, Any], per_rank: dict[str, Any], info: dict[str, Any],
-           written: dict[str, Any], made: bool) -> None:
+           written: dict[str, Any], made: bool, progress: Any = None) -> None:
     """Write one checkpoint; collective, every rank at the same step.
     `shared` (rank 0): file name -> object; `per_rank`: this rank's own state;
     `written`: files a strategy already wrote there (with digests); `made`:
@@ -135,8 +139,8 @@ def _write(path: Path, comm: Comm, shared: dict[str, Any], per_rank: dict[str, A
     files: dict[str, Any] = dict(written)
     if comm.is_rank0:
         for name, obj in shared.items():
-            files[name] = _save_file(obj, path / name)
-    files[f"rank-{comm.rank:05d}.pt"] = _save_file(per_rank, path / f"rank-{comm.rank:05d}.pt")
+            files[name] = _save_file(obj, path / name, progress)
+    files[f"rank-{comm.rank:05d}.pt"] = _save_file(per_rank, path / f"rank-{comm.rank:05d}.pt", progress)
     files = {k: v for part in comm.gather_object(files) for k, v in part.items()}
     comm.barrier()
     if comm.is_rank0:
@@ -268,8 +272,10 @@ class Checkpointer:
     save cut short leaves no manifest, so the previous checkpoint stays the
     latest. Retention runs after each save (rank 0)."""
 
-    def __init__(self, run_dir: Path, comm: Comm, env: Any, timeout_s: float, keep_last: int = 3) -> None:
+    def __init__(self, run_dir: Path, comm: Comm, env: Any, timeout_s: float, keep_last: int = 3,
+                 progress: Any = None) -> None:
         self.run_dir, self.comm, self.env, self.timeout_s, self.keep_last = Path(run_dir), comm, env, timeout_s, keep_last
+        self.progress = progress  # called for every piece of a file written (the stall watchdog's progress)
         self._side: Comm | None = None  # the saving thread's own group, made at the first save
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -288,7 +294,7 @@ class Checkpointer:
         if parts.files is not None and parts.files.writes_files:
             self.wait()  # the directory may be the one a previous save still writes
             _make_dir(path, self.comm)
-            writer = FileWriter(path)
+            writer = FileWriter(path, self.progress)
             parts.files.save_files(writer)
             written, made = writer.written, True
         self.wait()  # the previous save is written: its copy can be reused
@@ -296,11 +302,11 @@ class Checkpointer:
         self._last = (shared, per_rank)
         if self._side is None:
             self._side = self.comm.side_group(self.timeout_s)
-        side, run_dir, keep_last = self._side, self.run_dir, self.keep_last
+        side, run_dir, keep_last, progress = self._side, self.run_dir, self.keep_last, self.progress
 
         def work() -> None:
             try:
-                _write(path, side, shared, per_rank, info, written, made)
+                _write(path, side, shared, per_rank, info, written, made, progress)
                 if side.is_rank0:
                     apply_retention(run_dir, keep_last, keep_step, current=path)
             except BaseException as exc:  # reported on the training thread

@@ -14,6 +14,7 @@ peer instead of rank 0's real message."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -118,42 +119,81 @@ class Comm:
             raise DistTrainError(f"{what}:\n  {shown}")
 
 
+#: The collective each thread is inside (thread id -> what, which group, the
+#: group's sequence number), read by the stall watchdog to say where a rank waits.
+INSIDE: dict[int, dict[str, Any]] = {}
+
+
+class _Inside:
+    """Marks the calling thread as inside a collective while it runs."""
+
+    __slots__ = ("comm", "op", "shapes")
+
+    def __init__(self, comm: "TorchComm", op: str, shapes: str) -> None:
+        self.comm, self.op, self.shapes = comm, op, shapes
+
+    def __enter__(self) -> None:
+        c = self.comm
+        INSIDE[threading.get_ident()] = {"op": self.op, "shapes": self.shapes, "group": c.name,
+                                         "seq": c.sequence_number()}
+
+    def __exit__(self, *exc: Any) -> None:
+        INSIDE.pop(threading.get_ident(), None)
+
+
+def _shapes(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+
+
 class TorchComm(Comm):
     """torch.distributed over the default group (or `group`)."""
 
-    def __init__(self, env: Any, group: Any = None) -> None:
+    def __init__(self, env: Any, group: Any = None, name: str = "the job's group") -> None:
         import torch.distributed as dist
 
-        self._dist, self.group, self.device = dist, group, env.device
+        self._dist, self.group, self.device, self.name = dist, group, env.device, name
         self.rank, self.world_size = env.rank, env.world_size
 
+    def sequence_number(self) -> int | None:
+        """How many collectives this group has started on this rank (torch's count)."""
+        try:
+            group = self.group or self._dist.distributed_c10d._get_default_group()
+            return int(group._get_sequence_number_for_group())
+        except Exception:  # an older torch, or a group torch does not count for
+            return None
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM, group=self.group)
+        with _Inside(self, "all_reduce (sum)", _shapes(tensor)):
+            self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM, group=self.group)
         return tensor
 
     def agree_any(self, flag: bool) -> bool:
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        self._dist.all_reduce(t, op=self._dist.ReduceOp.MAX, group=self.group)
+        with _Inside(self, "all_reduce (max): agree_any", _shapes(t)):
+            self._dist.all_reduce(t, op=self._dist.ReduceOp.MAX, group=self.group)
         return bool(t.item() > 0)
 
     def broadcast_object(self, obj: Any) -> Any:
         box = [obj]
-        self._dist.broadcast_object_list(box, src=0, group=self.group)
+        with _Inside(self, "broadcast_object_list", "a Python object"):
+            self._dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
     def gather_object(self, obj: Any) -> list[Any]:
         gathered: list[Any] = [None] * self.world_size
-        self._dist.all_gather_object(gathered, obj, group=self.group)
+        with _Inside(self, "all_gather_object", "a Python object"):
+            self._dist.all_gather_object(gathered, obj, group=self.group)
         return gathered
 
     def barrier(self) -> None:
-        self._dist.barrier(group=self.group)
+        with _Inside(self, "barrier", ""):
+            self._dist.barrier(group=self.group)
 
     def side_group(self, timeout_s: float) -> "Comm":
         import datetime
 
         group = self._dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
-        return TorchComm(_CPU(self.rank, self.world_size), group)
+        return TorchComm(_CPU(self.rank, self.world_size), group, "the checkpoint writer's group")
 
 
 class _CPU:

@@ -182,8 +182,24 @@ class StrategyConfig:
 @dataclass(frozen=True)
 class DistConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # seconds a collective may wait for a peer before the job fails
+    # training: seconds a collective may wait for a peer before the job fails
+    # (the backstop behind the stall watchdog)
     timeout_s: float = 120.0
+    # start-up: seconds for the nodes to meet (rendezvous), the process group to
+    # form and every collective until the first steps are done (nodes come up
+    # minutes apart; the first step compiles, reads, warms up)
+    start_timeout_s: float = 600.0
+    # the stall watchdog: seconds a rank may go without progress (a step, an
+    # evaluation batch, a checkpoint write) before every rank writes its stacks
+    # to run.dir/hang/ and the job stops with exit status 3. None: 20 x the
+    # slowest step, evaluation batch or checkpoint write seen, at least 30 s
+    # (300 s with train.compile) and at most half of timeout_s; 0: off
+    hang_timeout_s: Optional[float] = None
+    # check that every rank calls the same collective with the same shapes
+    # before it runs (torch's DETAIL debug mode): a divergence is named at
+    # once, with both call sites, instead of hanging; costs a round trip per
+    # collective (see README)
+    check_collectives: bool = False
 
 
 @dataclass(frozen=True)
@@ -523,6 +539,14 @@ def validate(config: Config) -> None:
     if not config.run.resume:
         raise ConfigError("run.resume", "is empty", "auto, never, or the path of a checkpoint directory")
     _positive("dist.timeout_s", config.dist.timeout_s)
+    _positive("dist.start_timeout_s", config.dist.start_timeout_s)
+    hang = config.dist.hang_timeout_s
+    if hang is not None:
+        _at_least("dist.hang_timeout_s", hang, 0.0)
+        if hang >= config.dist.timeout_s:
+            raise ConfigError("dist.hang_timeout_s", f"{hang:g} is not below dist.timeout_s={config.dist.timeout_s:g}",
+                              "the watchdog must report a stall before a collective gives up: lower "
+                              "dist.hang_timeout_s or raise dist.timeout_s (0 switches the watchdog off)")
     _positive("strategy.bucket_cap_mb", config.strategy.bucket_cap_mb)
     st = config.strategy
     if not 0 <= st.zero_stage <= 3:

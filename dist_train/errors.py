@@ -5,6 +5,7 @@ do; and the exit statuses every command uses."""
 EXIT_OK = 0
 EXIT_FAILED = 1  # training failed (non-finite values, a lost peer, a bug)
 EXIT_USAGE = 2  # a usage or config mistake, found before anything changed
+EXIT_STALLED = 3  # the ranks stopped making progress together (a stall, a lost peer, diverged collectives): see run.dir/hang
 EXIT_RESUME = 75  # stopped on request after saving a checkpoint: run the same command again to resume
 
 

@@ -15,6 +15,7 @@ status."""
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 
 from dist_train.stop_request import StopRequest
 from dist_train.strategy import NEED_A_GROUP
+from dist_train.collective_check import MARK
 from dist_train.comm import Comm
 from dist_train.config import Config, relevant_dict
 from dist_train.distributed import process_group
@@ -36,9 +38,11 @@ from dist_train.parts import Parts, build_parts
 from dist_train.preflight import check_job
 from dist_train.resolve import Resolved
 from dist_train.run_lock import RunDirLock
+from dist_train.stall_report import archive as archive_reports
 from dist_train.start import StartPlan, open_run_dir, plan_start
 from dist_train.tracking import NullTracker, Tracker, WandbSink
 from dist_train.trainer import FitResult, Trainer
+from dist_train.watchdog import Watchdog
 
 #: how a run gets its parts: `build_parts`, or a test's wrapper around it
 BuildParts = Callable[[Config, DistEnv, Resolved, Comm], Parts]
@@ -48,6 +52,7 @@ BuildParts = Callable[[Config, DistEnv, Resolved, Comm], Parts]
 class Outcome:
     exit_code: int
     result: FitResult | None = None  # None: the run had finished before; nothing was done
+    stop: StopRequest | None = None  # after a stop: its handler still ignores signals until uninstalled
 
 
 def run(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_lock: bool = True,
@@ -67,13 +72,20 @@ def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_loc
         # several CPU workers on one machine must not each spawn one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(env.local_world_size, 1)))
     stop = StopRequest()
+    outcome = None
     try:
-        with process_group(env, cfg.dist.timeout_s, group_of_one=resolved.strategy in NEED_A_GROUP) as peers:
+        with process_group(env, cfg.dist.start_timeout_s, group_of_one=resolved.strategy in NEED_A_GROUP,
+                           check_collectives=cfg.dist.check_collectives) as peers:
             # only now: until the loop runs, a signal must end the process as usual
             stop.install()
+            faulthandler.enable(all_threads=True)  # a rank killed by a fatal signal (SIGABRT, SIGSEGV) shows its stacks
+            watchdog = Watchdog(cfg.dist, cfg.train.compile, env, Path(cfg.run.dir), peers, resolved.strategy)
             try:
-                return _run(cfg, env, resolved, stop, build, take_lock, announce_stop)
+                outcome = _run(cfg, env, resolved, stop, build, take_lock, announce_stop, watchdog)
+                return outcome
             except RuntimeError as exc:
+                if MARK in str(exc):  # dist.check_collectives found ranks calling different collectives
+                    watchdog.fire(error=exc)  # reports every rank's call site; ends the process
                 if _is_lost_peer(exc):
                     who = f": {peers.roll_call()}" if peers is not None else ""
                     # gloo's first line, without its source-file prefix
@@ -84,12 +96,17 @@ def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_loc
                         f"stops instead of hanging); run it again (or launch with --max-restarts) to resume from the "
                         f"last checkpoint in {cfg.run.dir}") from exc
                 raise
+            finally:
+                watchdog.stop()
     finally:
-        stop.uninstall()
+        if outcome is not None and outcome.exit_code == EXIT_RESUME:
+            stop.settle()  # saved: whatever signal comes now, this process ends with "resume me"
+        else:
+            stop.uninstall()
 
 
 def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build: BuildParts, take_lock: bool,
-         announce_stop: bool) -> Outcome:
+         announce_stop: bool, watchdog: Watchdog) -> Outcome:
     comm = Comm.of(env)
     run_dir = Path(cfg.run.dir)
     lock = RunDirLock(run_dir, "dist-train run") if take_lock and env.is_rank0 else None
@@ -100,7 +117,8 @@ def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build
             if env.is_rank0:
                 print(plan.finished_line(run_dir), flush=True)
             return Outcome(EXIT_OK)
-        trainer = Trainer(cfg, env, resolved, build(cfg, env, resolved, comm), comm, run_dir=run_dir, stop=stop)
+        trainer = Trainer(cfg, env, resolved, build(cfg, env, resolved, comm), comm, run_dir=run_dir, stop=stop,
+                          watchdog=watchdog)
         if plan.checkpoint is not None:
             trainer.restore(plan.checkpoint)
         tracker: Tracker = NullTracker()
@@ -108,6 +126,7 @@ def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build
         def commit() -> None:
             nonlocal tracker
             open_run_dir(cfg)
+            archive_reports(run_dir)  # an earlier stall's reports, moved aside: hang/ holds this start's only
             tracker = _rank0_tracker(cfg, run_dir, plan)
 
         comm.rank0_then_share(commit)
@@ -122,6 +141,7 @@ def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build
             result = trainer.fit()
             exit_code = EXIT_RESUME if result.stopped else EXIT_OK
         finally:
+            watchdog.stop()  # what follows (W&B finishing, teardown) is not training's progress
             tracker.close(exit_code)
         # Free DDP's reducer (it sits in reference cycles) while the process group
         # still exists, and let every rank finish before anyone tears down: a
@@ -136,7 +156,7 @@ def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build
         if env.is_rank0 and announce_stop:
             print(f"dist-train: stopped on request ({result.stopped_by}); checkpoint saved at step {result.steps}. Run "
                   f"the same command again to resume (exit status {EXIT_RESUME}).", file=sys.stderr, flush=True)
-        return Outcome(EXIT_RESUME, result)
+        return Outcome(EXIT_RESUME, result, stop)
     return Outcome(EXIT_OK, result)
 
 

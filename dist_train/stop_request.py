@@ -4,9 +4,11 @@ all-reduce), so no rank ever stops alone."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -26,11 +28,14 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.settled = False  # the stop was honoured: the checkpoint is saved, the process is ending
         self.signal_name: str | None = None
         self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.settled:
+            return
         if self.requested:
             if signum != signal.SIGINT and time.monotonic() - self._first_at < self.REPEAT_S:
                 return
@@ -51,10 +56,38 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def settle(self) -> None:
+        """The stop was honoured (every rank saved): until the process ends, a
+        stop signal changes nothing. Without this a worker still closing down
+        would die of the SIGTERM torch's agent sends it when another worker
+        exits first (status 75 looks like a failure to the agent), and the
+        launcher would see a failed worker instead of a saved one. TERM and
+        USR1 are ignored by the kernel's rule rather than by our handler: Python
+        puts its default handlers back while the interpreter shuts down, and
+        the agent's signal may come then."""
+        self.settled = True
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            if sig in self._previous:
+                signal.signal(sig, signal.SIG_IGN)
+
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Around the start of data loader processes: the stop signals wait (are
+    blocked in this thread) until the readers are forked and ignore them. A
+    reader forked as a signal arrives would otherwise die of it before its
+    `worker_init_fn` runs, and take its rank down. A signal that came meanwhile
+    is delivered when this ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, StopRequest.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ignore_stop_signals(*_: Any) -> None:
@@ -66,3 +99,5 @@ def ignore_stop_signals(*_: Any) -> None:
     when their rank does: the loader shuts them down, and they watch their parent."""
     for sig in StopRequest.SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    # forked with them held (stop_signals_held): ignored now, any pending one is dropped
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, StopRequest.SIGNALS)

@@ -38,6 +38,7 @@ from dist_train.strategy import StrategyWeights
 from dist_train.tasks import METRICS
 from dist_train.tracking import NullTracker, Tracker
 from dist_train.train_state import TrainState
+from dist_train.watchdog import WARMUP_STEPS, NoWatchdog
 
 EVAL_BATCH_SIZE = 1024
 # fp16 overflow skips in a row before the job stops as diverged (the scale would underflow)
@@ -75,13 +76,16 @@ class FitResult:
 
 class Trainer:
     def __init__(self, cfg: Config, env: DistEnv, resolved: Resolved, parts: Parts, comm: Comm | None = None,
-                 tracker: Tracker | None = None, run_dir: Path | None = None, stop: StopRequest | None = None) -> None:
+                 tracker: Tracker | None = None, run_dir: Path | None = None, stop: StopRequest | None = None,
+                 watchdog: NoWatchdog | None = None) -> None:
         self.cfg, self.env, self.resolved = cfg, env, resolved
         self.comm = comm or Comm.of(env)
         self.data, self.strategy, self.schedule, self.loss_fn = parts.data, parts.strategy, parts.schedule, parts.loss_fn
         self.spec = parts.spec
         self.tracker = tracker or NullTracker()
         self.stop = stop or StopRequest()
+        self.watchdog = watchdog or NoWatchdog()  # told of every unit of progress (dist_train.watchdog)
+        self.steps_this_start = 0
         self.state = TrainState(world_size=env.world_size)
         self.early_stopping = EarlyStopping(cfg.early_stopping)
         self.running_loss = RunningMean(env.device)
@@ -90,7 +94,8 @@ class Trainer:
         es = cfg.early_stopping
         self.logged = Monitor(es.monitor, es.mode) if es.enabled else Monitor(cfg.checkpoint.monitor)
         self.kept = Monitor(cfg.checkpoint.monitor)  # the best checkpoint retention keeps
-        self.checkpointer = (Checkpointer(run_dir, self.comm, env, cfg.dist.timeout_s, cfg.checkpoint.keep_last)
+        self.checkpointer = (Checkpointer(run_dir, self.comm, env, cfg.dist.timeout_s, cfg.checkpoint.keep_last,
+                                          progress=self.watchdog.beat)
                              if run_dir is not None else None)  # None: no checkpoints
         self.last_saved_step = -1
         self.last_grad_norm = torch.zeros(())
@@ -158,10 +163,11 @@ class Trainer:
     def train_epoch(self) -> tuple[EpochEnd, int]:
         """The rest of the current epoch, from `step_in_epoch`: why it ended, and
         the samples processed across all ranks."""
-        s, cfg = self.state, self.cfg
+        s, cfg, watchdog = self.state, self.cfg, self.watchdog
         self.strategy.train_model.train()
         self.tracker.start_epoch(s.epoch, self.data.train.steps_per_epoch, s.step_in_epoch)
         samples, checked = 0, False
+        watchdog.phase = "training"
         for step in self.data.train.epoch(s.epoch, s.step_in_epoch):
             self.streams.resume()  # resumed: each rank's RNG as it was before this very step
             lr = self.schedule.apply(self.strategy.optimizer, s.global_step, s.epoch)
@@ -169,6 +175,11 @@ class Trainer:
             samples += step.global_count
             s.global_step += 1
             s.step_in_epoch = step.step + 1
+            watchdog.step = s.global_step
+            watchdog.beat()
+            self.steps_this_start += 1
+            if self.steps_this_start == WARMUP_STEPS:
+                watchdog.warmed_up()
             self.tracker.step()
             if cfg.train.lr_every_step and lr != s.last_logged_lr:
                 # the LR of every step, recorded where it changes (a W&B row costs
@@ -246,10 +257,16 @@ class Trainer:
         return stop
 
     def evaluate(self, split_name: str) -> dict[str, float]:
+        self.watchdog.phase = f"evaluating the {split_name} split"
         # every rank evaluates the weights and buffers the checkpoint holds (rank 0's)
         self.strategy.share_buffers()
-        batches = self.data.eval_batches(split_name, EVAL_BATCH_SIZE)
-        return evaluate(self.strategy.eval_model, batches, self.loss_fn, self.comm, self.env.device, self.data.task,
+
+        def batches() -> Any:
+            for batch in self.data.eval_batches(split_name, EVAL_BATCH_SIZE):
+                yield batch
+                self.watchdog.beat()  # each batch is progress
+
+        return evaluate(self.strategy.eval_model, batches(), self.loss_fn, self.comm, self.env.device, self.data.task,
                         self.data.num_outputs)
 
     def _named(self, split: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -304,13 +321,17 @@ class Trainer:
                 "config": self._config_record, "strategy": self.resolved.strategy,
                 "metrics_lines": self.tracker.lines, "wandb_run_id": self.tracker.run_id}
         keep = s.best_checkpoint[1] if s.best_checkpoint and ck.keep_best else None
+        phase, self.watchdog.phase = self.watchdog.phase, f"saving the checkpoint of step {s.global_step}"
         path = self.checkpointer.save(s.global_step, self.checkpoint_parts(), info, keep)
+        self.watchdog.phase = phase
         self.last_saved_step = s.global_step
         return path
 
     def wait_for_checkpoint(self) -> None:
         if self.checkpointer is not None:
+            phase, self.watchdog.phase = self.watchdog.phase, "waiting for a checkpoint save to finish"
             self.checkpointer.wait()
+            self.watchdog.phase = phase
 
     def restore(self, info: CheckpointInfo) -> None:
         """Continue from a checkpoint every rank agreed on."""

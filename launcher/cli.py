@@ -289,7 +289,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     run_dir = Path(cfg.run.dir)
     world_size = planned_world_size(args)
     if world_size is None:  # an elastic range or a device-dependent count: the workers check
-        return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir)
+        return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir,
+                      start_timeout_s=cfg.dist.start_timeout_s)
     resolved = check_job(cfg, world_size)
     # One node: this launcher holds the run directory for the whole job, so a
     # second job is refused before it starts a worker. Several nodes: which
@@ -305,7 +306,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             return 0
         started = True
         return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir,
-                      lock.path if lock is not None else None)
+                      lock.path if lock is not None else None, start_timeout_s=cfg.dist.start_timeout_s)
     finally:
         if lock is not None:
             lock.release() if started else lock.release_and_tidy()

@@ -88,7 +88,7 @@ def planned_world_size(args: argparse.Namespace) -> int | None:
 
 
 def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str],
-                  worker: str = "launcher.worker") -> list[str]:
+                  worker: str = "launcher.worker", start_timeout_s: float | None = None) -> list[str]:
     from launcher.stop_signals import TORCH_HANDLES
 
     argv = ["--nproc-per-node", str(args.nproc_per_node), "--nnodes", str(args.nnodes),
@@ -108,8 +108,12 @@ def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str],
             argv += ["--node-rank", str(args.node_rank)]
     elif single_node:
         argv += ["--standalone"]  # a private rendezvous on a free port
-    if args.rdzv_conf is not None:
-        argv += ["--rdzv-conf", args.rdzv_conf]
+    conf = args.rdzv_conf
+    if start_timeout_s is not None and not single_node and "join_timeout" not in (conf or ""):
+        # the nodes get dist.start_timeout_s to meet (torch's default: 600 s)
+        conf = ",".join(c for c in (conf, f"join_timeout={int(max(1, start_timeout_s))}") if c)
+    if conf is not None:
+        argv += ["--rdzv-conf", conf]
     if args.local_addr is not None:
         argv += ["--local-addr", args.local_addr]
     return argv + ["-m", worker, config, *overrides]
@@ -158,7 +162,7 @@ class StuckAgentWatchdog(threading.Thread):
             if self._store_reachable():
                 last_alive = now  # torch's agent is at work (a restart, a slow rendezvous): look again later
                 continue
-            code = 0 if self._workers_succeeded() else 1
+            code = self._exit_code()
             host, port = self.endpoint
             print(f"dist-train launch: this node's workers ended {now - last_alive:.0f}s ago and the "
                   f"rendezvous store at {host}:{port} does not answer: that node is down or the network to it is "
@@ -173,9 +177,13 @@ class StuckAgentWatchdog(threading.Thread):
         except OSError:
             return False
 
-    def _workers_succeeded(self) -> bool:
-        codes = worker_statuses(self.status_dir)
-        return bool(codes) and all(c == 0 for c in codes.values())
+    def _exit_code(self) -> int:
+        """0 when every worker of the last round succeeded; 3 when they stopped
+        on a stall (their summary is printed); else 1."""
+        codes = set(worker_statuses(self.status_dir).values())
+        if codes == {0}:
+            return 0
+        return 3 if 3 in codes else 1
 
 
 def live_children() -> list[int]:
@@ -219,7 +227,7 @@ def write_worker_status(code: int) -> None:
 
 def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_s: float = 120.0,
            run_dir: Path | None = Path("runs/default"), lock_path: Path | None = None,
-           worker: str = "launcher.worker") -> int:
+           worker: str = "launcher.worker", start_timeout_s: float | None = None) -> int:
     """Start the workers and wait for them; returns the launcher's exit status.
     `lock_path`: the run directory's lock, held by this process for the job
     (the workers then do not take it again). `worker`: the module each worker
@@ -227,9 +235,10 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
     not known here: run_dir None)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousTimeoutError
     from torch.distributed.run import main as torchrun_main
 
-    from dist_train.errors import EXIT_RESUME, EXIT_USAGE
+    from dist_train.errors import EXIT_RESUME, EXIT_STALLED, EXIT_USAGE
     from launcher.stop_signals import LauncherSignals, StopNow, report_stop, report_stop_now
 
     if "OMP_NUM_THREADS" not in os.environ and str(args.nproc_per_node) != "1":
@@ -252,7 +261,14 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
     quiet = _QuietUsageExits(agent_log)
     agent_log.addFilter(quiet)
     try:
-        torchrun_main(torchrun_argv(args, config, overrides, worker))
+        torchrun_main(torchrun_argv(args, config, overrides, worker, start_timeout_s))
+    except RendezvousTimeoutError:
+        where = f" at {endpoint[0]}:{endpoint[1]}" if endpoint is not None else ""
+        waited = f"dist.start_timeout_s={start_timeout_s:g}s" if start_timeout_s is not None else "the rendezvous timeout"
+        print(f"dist-train launch: the {args.nnodes} nodes did not all meet{where} (job id {args.rdzv_id}) within "
+              f"{waited}; start the same command on every node, or raise dist.start_timeout_s (exit status "
+              f"{EXIT_STALLED})", file=sys.stderr, flush=True)
+        return EXIT_STALLED
     except SignalException as exc:
         # torch's agent passed the signal on to the workers and waited for them
         return report_stop(exc.sigval.name, worker_statuses(status_dir), expected, run_dir)
@@ -268,6 +284,12 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
             rank, first = exc.get_first_failure()
             if first.exitcode == EXIT_USAGE and set(worker_statuses(status_dir).values()) == {EXIT_USAGE}:
                 return EXIT_USAGE  # a mistake the workers agreed on and one of them said, once
+            if EXIT_STALLED in codes:  # the workers have printed the summary
+                where = run_dir / "hang" if run_dir is not None else "the run directory's hang/"
+                print(f"dist-train launch: the job stopped: its ranks stalled or diverged (exit status {EXIT_STALLED}); the summary above "
+                      f"and every rank's stacks are in {where}. Run the same command to resume from the newest "
+                      f"complete checkpoint (--max-restarts does it by itself)", file=sys.stderr, flush=True)
+                return EXIT_STALLED
             detail = f" (first failure: rank {rank}, exit code {first.exitcode})"
         print(f"dist-train launch: workers failed{detail}; see the worker output above", file=sys.stderr, flush=True)
         return 1
@@ -281,11 +303,13 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
 
 class _QuietUsageExits(logging.Filter):
     """Drops torch's agent's log lines about workers that exited with status 2
-    (a user's mistake, which a worker has already said in one line): the
-    "failed (exitcode: 2)" line, and the "closing signal SIGTERM" lines the
-    agent logs just before it, for peers that were ending anyway. Those are
-    held until the agent's next line says whether they belong to such an
-    exit; otherwise they are let through."""
+    (a user's mistake, which a worker has already said in one line), 3 (a
+    stall, whose summary a worker has printed) or 75 (a stop, which the
+    launcher reports itself): the "failed (exitcode: N)"
+    line, and the "closing signal SIGTERM" lines the agent logs just before
+    it, for peers that were ending anyway. Those are held until the agent's
+    next line says whether they belong to such an exit; otherwise they are
+    let through."""
 
     def __init__(self, logger: logging.Logger) -> None:
         super().__init__()
@@ -298,7 +322,7 @@ class _QuietUsageExits(logging.Filter):
         if "closing signal SIGTERM" in message:
             self.held.append(record)
             return False
-        if "(exitcode: 2)" in message:
+        if any(f"(exitcode: {code})" in message for code in (2, 3, 75)):
             self.held.clear()
             return False
         self.release()

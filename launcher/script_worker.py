@@ -24,6 +24,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from dist_train.watchdog import on_exit
+
+    on_exit(write_worker_status)  # a stall ends the process at once: its status is written first
     code = main()
     write_worker_status(code)
     raise SystemExit(code)

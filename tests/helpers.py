@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from dist_train.models import build_model
 from dist_train.parts import build_parts
 from dist_train.run import run
 from tests.conftest import REPO
+from tests.multiproc import kill_tree
 
 
 # ------------------------------------------------------------ stopping a run, comparing runs
@@ -89,6 +91,63 @@ def assert_same_final_state(whole, resumed, step):
         for key, value in state.items():
             assert np.array_equal(np.asarray(value), np.asarray(resumed["optimizer"][pid][key])), (pid, key)
     assert whole["events"] == resumed["events"]
+
+
+# ------------------------------------------------------------ a job under `dist-train launch`, read as it runs
+# e2e: test_stop_and_restart, test_stalls
+
+class Job:
+    """`dist-train launch` in a session of its own (as a shell runs a foreground
+    job), its output collected as it comes so a test can wait for a line."""
+
+    def __init__(self, args, restarts=0, launch=("launch", "--nproc-per-node", "2")):
+        self.proc = subprocess.Popen([sys.executable, "-m", "launcher", *launch, "--max-restarts", str(restarts),
+                                      *map(str, args)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self.times: list[float] = []  # time.monotonic() when each line arrived
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.times.append(time.monotonic())
+            self.lines.append(line)
+
+    def when(self, text: str) -> float | None:
+        """When the first line holding `text` arrived (time.monotonic()), or None."""
+        return next((t for t, line in zip(self.times, self.lines) if text in line), None)
+
+    def poll(self):
+        return self.proc.poll()
+
+    @property
+    def stdout(self):  # for wait_for_step's report when the job ends early
+        return io.StringIO(self.output)
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_output(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert self.proc.poll() is None, f"the job ended before printing {text!r}:\n{self.output}"
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout}s:\n{self.output}"
+            time.sleep(0.05)
+
+    def finish(self, timeout=240):
+        try:
+            self.proc.wait(timeout=timeout)
+            self._reader.join(timeout=10)
+        finally:
+            kill_tree(self.pid)
+        return self.proc.returncode, self.output
 
 
 # ------------------------------------------------------------ a small checkpointed run

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dist_train.config import DataConfig
-from dist_train.data.loader import Batch, TrainStep, device_feed, reader_context
+from dist_train.data.loader import Batch, TrainStep, device_feed, reader_context, start_readers
 from dist_train.data.normalization import Normalizer, Stats, streamed_stats
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
 from dist_train.data.sources import InputSpec
@@ -189,10 +189,11 @@ def _loader(dataset: Dataset, batches: list[list[int]], workers: int, seed: int,
     dropout masks (and break exact resume)."""
     if not batches:
         return iter(())
-    return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                           prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed),
-                           worker_init_fn=ignore_stop_signals if workers else None,
-                           multiprocessing_context=reader_context() if workers else None, pin_memory=pin))
+    return start_readers(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                                    prefetch_factor=4 if workers else None,
+                                    generator=torch.Generator().manual_seed(seed),
+                                    worker_init_fn=ignore_stop_signals if workers else None,
+                                    multiprocessing_context=reader_context() if workers else None, pin_memory=pin))
 
 
 def _class_names(dataset: Dataset) -> tuple[str, ...] | None:

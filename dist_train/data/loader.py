@@ -78,6 +78,18 @@ def reader_context() -> Any:
     return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
 
 
+def start_readers(loader: Any) -> Iterator:
+    """The iterator of a DataLoader, its reader processes started with the stop
+    signals held (dist_train.stop_request.stop_signals_held): a SIGTERM that
+    arrives as they fork is the rank's, never a reader's death."""
+    from dist_train.stop_request import stop_signals_held
+
+    if not getattr(loader, "num_workers", 0):
+        return iter(loader)
+    with stop_signals_held():
+        return iter(loader)
+
+
 def device_feed(steps: Iterable[TrainStep], device: str,
                 transform: Callable[[Batch], Batch] | None = None) -> Iterator[TrainStep]:
     """Steps whose batches are on `device`, `transform` applied there (the

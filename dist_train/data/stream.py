@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dist_train.stop_request import ignore_stop_signals
 from dist_train.comm import Comm
 from dist_train.config import DataConfig
-from dist_train.data.loader import Batch, TrainStep, device_feed, reader_context
+from dist_train.data.loader import Batch, TrainStep, device_feed, reader_context, start_readers
 from dist_train.data.normalization import Normalizer
 from dist_train.data.sampler import even_slices
 from dist_train.data.shards import SPLITS, Manifest, iter_blocks, load_manifest, verify_shard
@@ -159,11 +159,12 @@ class ShardTrainLoader:
         workers = self.cfg.loader_workers
         # A generator of its own: a DataLoader otherwise draws its base seed from the
         # global RNG, which would shift dropout masks (and break exact resume).
-        chunks = iter(DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
-                                 persistent_workers=False, generator=torch.Generator().manual_seed(epoch),
-                                 worker_init_fn=ignore_stop_signals if workers else None,
-                                 multiprocessing_context=reader_context() if workers else None,
-                                 pin_memory=self.env.device.startswith("cuda")))
+        chunks = start_readers(DataLoader(stream, batch_size=None, num_workers=workers,
+                                          prefetch_factor=4 if workers else None, persistent_workers=False,
+                                          generator=torch.Generator().manual_seed(epoch),
+                                          worker_init_fn=ignore_stop_signals if workers else None,
+                                          multiprocessing_context=reader_context() if workers else None,
+                                          pin_memory=self.env.device.startswith("cuda")))
         batches = _rebatch(chunks, b)
         for step in range(plan.steps):
             sizes = [min(max(c - step * b, 0), b) for c in plan.rank_counts]

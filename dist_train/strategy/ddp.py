@@ -47,6 +47,10 @@ class DDPStrategy(Strategy):
         self.ddp = self.train_model = DistributedDataParallel(
             model, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb, **kwargs,
         )
+        from dist_train import collective_check
+
+        if collective_check.CURRENT is not None:  # dist.check_collectives: each bucket checked before it is reduced
+            self.ddp.register_comm_hook(None, collective_check.CURRENT.ddp_hook())
 
     def _accumulating(self, last: bool) -> contextlib.AbstractContextManager:
         # no_sync must cover the forward pass too: DDP decides there whether

@@ -4,14 +4,11 @@ terminal sends on Ctrl-C) and SIGUSR1, for in-memory data and for shards read
 by 0 and 2 loader processes per worker; a second Ctrl-C; a second job on a run
 directory in use; a dead job's lock; a script using the Python API."""
 
-import io
 import os
 import random
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 
 import pytest
@@ -20,6 +17,7 @@ import torch
 from dist_train.checkpoint import find_latest_valid
 from dist_train.data.prepare import PrepareOptions, prepare
 from tests.conftest import REPO
+from tests.helpers import Job
 from tests.multiproc import descendants, kill_tree, wait_for_step
 
 pytestmark = pytest.mark.slow
@@ -42,51 +40,6 @@ def shards(tmp_path_factory):
 def job(data, shards, run_dir, *extra):
     paths = [f"data.path={shards}"] if data != "memory" else []
     return [*BASE, *DATA[data], *paths, f"run.dir={run_dir}", *extra]
-
-
-class Job:
-    """`dist-train launch` in a session of its own (as a shell runs a foreground
-    job), its output collected as it comes so a test can wait for a line."""
-
-    def __init__(self, args, restarts=0):
-        self.proc = subprocess.Popen([sys.executable, "-m", "launcher", "launch", "--nproc-per-node", "2",
-                                      "--max-restarts", str(restarts), *args], cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
-        self.pid = self.proc.pid
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
-        self._reader.start()
-
-    def poll(self):
-        return self.proc.poll()
-
-    @property
-    def stdout(self):  # for wait_for_step's report when the job ends early
-        return io.StringIO(self.output)
-
-    @property
-    def returncode(self):
-        return self.proc.returncode
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_output(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            assert self.proc.poll() is None, f"the job ended before printing {text!r}:\n{self.output}"
-            assert time.monotonic() < deadline, f"no {text!r} within {timeout}s:\n{self.output}"
-            time.sleep(0.05)
-
-    def finish(self, timeout=240):
-        try:
-            self.proc.wait(timeout=timeout)
-            self._reader.join(timeout=10)
-        finally:
-            kill_tree(self.pid)
-        return self.proc.returncode, self.output
 
 
 def launch(args, restarts=0):

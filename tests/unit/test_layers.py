@@ -11,9 +11,10 @@ import pytest
 
 from tests.conftest import REPO
 
-#: where torch.distributed may be used: the communicator and the process group,
-#: the strategies (DDP, DeepSpeed) and the synchronized batch-norm kernel
-COLLECTIVES_ALLOWED = {"comm.py", "distributed.py", "sync_batchnorm.py", "strategy"}
+#: where torch.distributed may be used: the communicator and the process group
+#: (with its check of every collective, dist.check_collectives), the strategies
+#: (DDP, DeepSpeed) and the synchronized batch-norm kernel
+COLLECTIVES_ALLOWED = {"comm.py", "distributed.py", "collective_check.py", "sync_batchnorm.py", "strategy"}
 
 
 def test_import_contracts_hold():
