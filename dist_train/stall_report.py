@@ -113,6 +113,24 @@ def describe_rank(watchdog: Any, idle: float, bound: float, why: str, announced_
             "time": time.time()}
 
 
+def dump_nccl_trace(run_dir: Path, rank: int) -> str | None:
+    """NCCL's flight recorder (the last collectives this rank issued, and their
+    state), written to hang/nccl-trace-rank-N.pkl; None where torch has none.
+    Read it with `python -m torch.distributed.flight_recorder.fr_trace`.
+    Recorded only with TORCH_NCCL_TRACE_BUFFER_SIZE set (the launcher sets it)."""
+    dump = getattr(torch._C._distributed_c10d, "_dump_nccl_trace", None)
+    if dump is None:
+        return None
+    try:
+        data = dump()
+        path = hang_dir(run_dir) / f"nccl-trace-rank-{rank}.pkl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return str(path)
+    except Exception as exc:  # noqa: BLE001 - a trace is a bonus; the report goes on without it
+        return f"(no trace: {type(exc).__name__}: {exc})"
+
+
 def doing(report: dict[str, Any]) -> str:
     phase, step = report["phase"], report["step"]
     if phase == "training":
@@ -142,6 +160,8 @@ def _text(report: dict[str, Any]) -> str:
         lines.append(f"rank {report['announced_by']} announced the stall first")
     if report["started_collectives"] is not None:
         lines.append(f"collectives started on the job's group: {report['started_collectives']}")
+    if report.get("nccl_trace"):
+        lines.append(f"NCCL's flight recorder: {report['nccl_trace']}")
     for t in report["threads"]:
         lines.append("")
         lines.append(f"thread {t['name']}{' (main)' if t['main'] else ''}: "

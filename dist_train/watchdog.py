@@ -162,6 +162,8 @@ class Watchdog(NoWatchdog):
             self.peers.announce(STALL_KEY, str(self.env.rank), wait_s=3.0)
         bound, why = self.bound()
         report = stall_report.describe_rank(self, idle, bound, why, announced_by, error)
+        if self.env.backend == "nccl":
+            report["nccl_trace"] = stall_report.dump_nccl_trace(self.run_dir, self.env.rank)
         try:
             stall_report.write_report(self.run_dir, report)
         except OSError as exc:

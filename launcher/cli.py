@@ -261,6 +261,9 @@ def cmd_run(args: argparse.Namespace, under_launcher: bool = False) -> int:
     os.environ.setdefault("LOCAL_RANK", "0")  # one process: DeepSpeed reads it from the environment
     if cfg.strategy.name == "deepspeed" and cfg.dist.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed takes any GPU it sees
+    from launcher.elastic import set_nccl_flight_recorder
+
+    set_nccl_flight_recorder(Path(cfg.run.dir))  # a GPU hang leaves a trace (under srun or torchrun too)
     env = DistEnv.from_env(device=cfg.dist.device)
     held = under_launcher and os.environ.get(RUN_LOCK_VAR) == str(lock_path(Path(cfg.run.dir)).resolve())
     return run(cfg, env, take_lock=not held, announce_stop=not under_launcher)

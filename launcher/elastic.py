@@ -119,6 +119,25 @@ def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str],
     return argv + ["-m", worker, config, *overrides]
 
 
+def nccl_flight_recorder(run_dir: Path | None) -> dict[str, str]:
+    """What makes a GPU hang leave a trace (NCCL's flight recorder): workers
+    record their last collectives, abort a timed-out one asynchronously, dump
+    the record on a timeout into RUN_DIR/nccl-trace-rank-N, and dist-train's
+    stall watchdog dumps it into RUN_DIR/hang/ when it reports a stall. Read
+    a dump with `python -m torch.distributed.flight_recorder.fr_trace`.
+    Values the user set are kept."""
+    found = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+             "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000"}
+    if run_dir is not None:
+        found["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] = str(Path(run_dir).resolve() / "nccl-trace-rank-")
+    return found
+
+
+def set_nccl_flight_recorder(run_dir: Path | None) -> None:
+    for key, value in nccl_flight_recorder(run_dir).items():
+        os.environ.setdefault(key, value)
+
+
 def rendezvous_endpoint(args: argparse.Namespace) -> tuple[str, int] | None:
     """HOST, PORT of the store the nodes of a multi-node job meet at; None on one node."""
     if str(args.nnodes) in ("1", "1:1"):
@@ -247,6 +266,7 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         os.environ["OMP_NUM_THREADS"] = "1"
     status_dir = Path(tempfile.mkdtemp(prefix="dist-train-launch-"))
     os.environ[STATUS_DIR_VAR] = str(status_dir)
+    set_nccl_flight_recorder(run_dir)
     if lock_path is not None:
         os.environ[RUN_LOCK_VAR] = str(Path(lock_path).resolve())
     endpoint = rendezvous_endpoint(args)

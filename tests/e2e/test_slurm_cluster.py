@@ -93,3 +93,26 @@ def test_preempted_job_requeues_resumes_and_ends_with_the_uninterrupted_weights(
     got = torch.load(find_latest_valid(tmp_path / "preempted").path / "model.pt", weights_only=True)
     for key, value in expected.items():
         assert torch.equal(value, got[key]), key
+
+
+def test_a_stalled_job_requeues_itself_and_ends_with_the_uninterrupted_weights(slurm, tmp_path):
+    """A rank asleep in a step (once): the watchdog ends every task with exit
+    status 3, the batch script requeues the job as a failure, and the job
+    resumes from the newest checkpoint."""
+    faulty = ["model.hidden_sizes=[64]", f"model.class_path={REPO}/tests/user_project/stalls.py:Faulty",
+              "dist.hang_timeout_s=4", "checkpoint.every_steps=10", "train.stop_check_every_steps=1"]
+    whole = submit(tmp_path / "whole", *faulty)
+    job = submit(tmp_path / "stalled", *faulty, f"model.init_args={{once: {tmp_path / 'once'}}}")
+    wait_until(lambda: job_field(job, "Restarts") == "1", 240, "the stalled job to requeue itself")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+10"], check=True, timeout=30)
+    wait_until(lambda: job_field(whole, "JobState") in ENDED, 240, "the uninterrupted job")
+    wait_until(lambda: job_field(job, "Restarts") == "1" and job_field(job, "JobState") in ENDED, 400,
+               "the requeued job to end")
+    log = (tmp_path / "stalled" / "slurm" / f"cpu_test-{job}.out").read_text()
+    assert job_field(job, "JobState") == "COMPLETED" and job_field(whole, "JobState") == "COMPLETED", log
+    assert "rank 1 is missing from DDP's gradient all-reduce" in log and "stalls.py:" in log
+    assert sum(e["event"] == "resume" for e in metrics(tmp_path / "stalled")) == 1
+    expected = torch.load(find_latest_valid(tmp_path / "whole").path / "model.pt", weights_only=True)
+    got = torch.load(find_latest_valid(tmp_path / "stalled").path / "model.pt", weights_only=True)
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]), key
