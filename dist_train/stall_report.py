@@ -117,7 +117,7 @@ def dump_nccl_trace(run_dir: Path, rank: int) -> str | None:
     """NCCL's flight recorder (the last collectives this rank issued, and their
     state), written to hang/nccl-trace-rank-N.pkl; None where torch has none.
     Read it with `python -m torch.distributed.flight_recorder.fr_trace`.
-    Recorded only with TORCH_NCCL_TRACE_BUFFER_SIZE set (the launcher sets it)."""
+    Recorded only with TORCH_FR_BUFFER_SIZE set (the launcher sets it)."""
     dump = getattr(torch._C._distributed_c10d, "_dump_nccl_trace", None)
     if dump is None:
         return None

@@ -127,9 +127,9 @@ def nccl_flight_recorder(run_dir: Path | None) -> dict[str, str]:
     a dump with `python -m torch.distributed.flight_recorder.fr_trace`.
     Values the user set are kept."""
     found = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-             "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000"}
+             "TORCH_FR_BUFFER_SIZE": "2000"}  # torch >= 2.7's names (TORCH_NCCL_TRACE_BUFFER_SIZE before)
     if run_dir is not None:
-        found["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] = str(Path(run_dir).resolve() / "nccl-trace-rank-")
+        found["TORCH_FR_DUMP_TEMP_FILE"] = str(Path(run_dir).resolve() / "nccl-trace-rank-")
     return found
 
 
@@ -276,6 +276,10 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         grace_s = max(timeout_s, 5.0) if args.max_restarts > 0 else 5.0
         StuckAgentWatchdog(endpoint, grace_s, status_dir).start()
     expected = int(args.nproc_per_node) if str(args.nproc_per_node).isdigit() else None
+    if endpoint is not None:  # several nodes: say what this one waits for, since the wait can be long
+        waits = f" (up to dist.start_timeout_s={start_timeout_s:g}s)" if start_timeout_s is not None else ""
+        print(f"dist-train launch: meeting the other nodes of {args.nnodes} at the rendezvous {endpoint[0]}:"
+              f"{endpoint[1]} (job id {args.rdzv_id}){waits}", file=sys.stderr, flush=True)
     signals = LauncherSignals(live_children).install()
     agent_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
     quiet = _QuietUsageExits(agent_log)
