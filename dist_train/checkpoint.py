@@ -111,12 +111,22 @@ class FileWriter:
     """Hands a strategy the checkpoint directory: each file it saves through
     `save` is written atomically and listed in the manifest with its digest."""
 
-    def __init__(self, directory: Path, progress: Any = None) -> None:
+    def __init__(self, directory: Path, progress: Any = None, group: Any = None) -> None:
         self.directory, self.progress = Path(directory), progress
         self.written: dict[str, dict[str, Any]] = {}
+        #: the checkpoint writer's own gloo group (None with one worker): for a
+        #: strategy that writes in the background, away from the training's collectives
+        self.group = group
+        #: what completes the files a strategy writes in the background: called
+        #: by the checkpoint's thread before the manifest is written
+        self.finishing: list[Any] = []
 
     def save(self, obj: Any, path: Path) -> None:
         self.written[os.path.relpath(path, self.directory)] = _save_file(obj, Path(path), self.progress)
+
+    def record(self, path: Path) -> None:
+        """A file the strategy wrote itself (complete and synced): listed with its digest."""
+        self.written[os.path.relpath(path, self.directory)] = file_digest(Path(path))
 
 
 def _make_dir(path: Path, comm: Comm) -> None:
@@ -162,6 +172,15 @@ class CheckpointInfo:
         return int(self.manifest["global_step"])
 
 
+def file_digest(path: Path) -> dict[str, Any]:
+    """A file's size and SHA-256, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+
+
 def verify_checkpoint(path: Path) -> CheckpointInfo:
     """The checkpoint at `path`, or DistTrainError saying what is wrong with it."""
     path = Path(path)
@@ -180,11 +199,7 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
         size = file.stat().st_size
         if size != expected["bytes"]:
             raise DistTrainError(f"checkpoint {path}: {name} has {size} bytes, the manifest says {expected['bytes']} (truncated)")
-        digest = hashlib.sha256()
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != expected["sha256"]:
+        if file_digest(file)["sha256"] != expected["sha256"]:
             raise DistTrainError(f"checkpoint {path}: {name} does not match its SHA-256 (corrupt)")
     return CheckpointInfo(path, manifest)
 
@@ -290,22 +305,24 @@ class Checkpointer:
         shared = {name: _state(part) for name, part in parts.shared.items()}  # collectives inside, on every rank
         shared = {name: state for name, state in shared.items() if state is not None} if self.comm.is_rank0 else {}
         per_rank = {name: part.state_dict() for name, part in parts.per_rank.items()}
-        path, written, made = self.path(step), {}, False
+        path, written, made, finishing = self.path(step), {}, False, []
+        if self._side is None:
+            self._side = self.comm.side_group(self.timeout_s)
         if parts.files is not None and parts.files.writes_files:
             self.wait()  # the directory may be the one a previous save still writes
             _make_dir(path, self.comm)
-            writer = FileWriter(path, self.progress)
+            writer = FileWriter(path, self.progress, getattr(self._side, "group", None))
             parts.files.save_files(writer)
-            written, made = writer.written, True
+            written, made, finishing = writer.written, True, writer.finishing
         self.wait()  # the previous save is written: its copy can be reused
         shared, per_rank = snapshot(shared, self._last[0]), snapshot(per_rank, self._last[1])
         self._last = (shared, per_rank)
-        if self._side is None:
-            self._side = self.comm.side_group(self.timeout_s)
         side, run_dir, keep_last, progress = self._side, self.run_dir, self.keep_last, self.progress
 
         def work() -> None:
             try:
+                for finish in finishing:  # a strategy's files written in the background (DCP's async save)
+                    finish()
                 _write(path, side, shared, per_rank, info, written, made, progress)
                 if side.is_rank0:
                     apply_retention(run_dir, keep_last, keep_step, current=path)
@@ -339,6 +356,8 @@ class Checkpointer:
                 continue  # an optional file (best_model.pt) the run did not write
             if isinstance(part, dict):
                 for key, p in part.items():
+                    if key not in state and getattr(p, "checkpoint_optional", False):
+                        continue  # a part added after this checkpoint was written
                     p.load_state_dict(state[key])
             else:
                 part.load_state_dict(state)

@@ -168,13 +168,23 @@ class CheckpointConfig:
 class StrategyConfig:
     # auto: ddp when more than one worker, single otherwise; deepspeed: ZeRO
     # (an optional extra: pip install 'dist-train[deepspeed]')
-    name: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
+    # fsdp: torch's fully sharded data parallel (FSDP2): parameters, gradients
+    # and optimizer state sharded over the workers; checkpoints resume on any
+    # number of workers
+    name: Literal["auto", "single", "ddp", "fsdp", "deepspeed"] = "auto"
     bucket_cap_mb: float = 25.0
+    # fsdp only: the module classes sharded as units (their parameters gathered
+    # together for their forward); default: each layer of the built-in networks,
+    # each child module with parameters of your own
+    fsdp_modules: tuple[str, ...] = ()
+    # fsdp only: free a unit's gathered parameters after its forward (less
+    # memory; gathered again for the backward)
+    reshard_after_forward: bool = True
     # deepspeed only: ZeRO stage 0 (plain data parallel), 1 (optimizer state
     # sharded), 2 (+ gradients), 3 (+ parameters)
     zero_stage: int = 2
     offload_optimizer: Literal["none", "cpu"] = "none"
-    offload_params: Literal["none", "cpu"] = "none"  # zero_stage 3 only
+    offload_params: Literal["none", "cpu"] = "none"  # zero_stage 3, or fsdp on GPUs
     # raw DeepSpeed config merged last; keys derived from our config are refused
     deepspeed_config: dict = field(default_factory=dict)
 
@@ -326,8 +336,10 @@ def relevant_dict(config: Config) -> dict[str, Any]:
         "early_stopping": [] if config.early_stopping.enabled else
         ["monitor", "mode", "patience", "min_delta", "restore_best"],
         "strategy": ([] if config.strategy.name == "deepspeed" else
-                     ["zero_stage", "offload_optimizer", "offload_params", "deepspeed_config"])
-        + (["bucket_cap_mb"] if config.strategy.name in ("deepspeed", "single") else []),
+                     ["zero_stage", "offload_optimizer", "deepspeed_config"])
+        + ([] if config.strategy.name in ("deepspeed", "fsdp") else ["offload_params"])
+        + ([] if config.strategy.name == "fsdp" else ["fsdp_modules", "reshard_after_forward"])
+        + (["bucket_cap_mb"] if config.strategy.name in ("deepspeed", "single", "fsdp") else []),
     }
     for section, keys in unused.items():
         for key in keys:
@@ -555,9 +567,22 @@ def validate(config: Config) -> None:
         for key, value, default in (("zero_stage", st.zero_stage, 2), ("offload_optimizer", st.offload_optimizer, "none"),
                                     ("offload_params", st.offload_params, "none"),
                                     ("deepspeed_config", st.deepspeed_config, {})):
+            if value != default and not (key == "offload_params" and st.name == "fsdp"):
+                raise ConfigError(f"strategy.{key}", f"is set but strategy.name is {st.name!r}, which does not read it",
+                                  "set strategy.name=deepspeed" + (" (fsdp reads only offload_params)"
+                                                                   if st.name == "fsdp" else ""))
+    if st.name != "fsdp":
+        for key, value, default in (("fsdp_modules", st.fsdp_modules, ()),
+                                    ("reshard_after_forward", st.reshard_after_forward, True)):
             if value != default:
                 raise ConfigError(f"strategy.{key}", f"is set but strategy.name is {st.name!r}, which does not read it",
-                                  "set strategy.name=deepspeed")
+                                  "set strategy.name=fsdp")
+    if st.name == "fsdp" and config.dist.device == "cpu" and st.offload_params != "none":
+        raise ConfigError("strategy.offload_params", "cpu offload with fsdp needs a GPU (on a CPU the parameters are in "
+                          "host memory already)", "drop strategy.offload_params, or run on GPUs")
+    if st.name == "fsdp" and es.enabled and es.restore_best:
+        raise ConfigError("early_stopping.restore_best", "is not supported with strategy.name=fsdp (the weights are "
+                          "sharded)", "keep the best checkpoint instead: checkpoint.keep_best=true (the default)")
     for key, ours in DEEPSPEED_OWNED.items():
         if key in st.deepspeed_config:
             raise ConfigError(f"strategy.deepspeed_config.{key}", "is derived from our config", f"set {ours} instead")
@@ -569,7 +594,7 @@ def validate(config: Config) -> None:
     if t.compile and st.name == "deepspeed":
         raise ConfigError("train.compile", "is not supported with strategy.name=deepspeed",
                           "use strategy.name=ddp (or auto) to compile the model")
-    if st.offload_params != "none" and st.zero_stage != 3:
+    if st.offload_params != "none" and st.zero_stage != 3 and st.name != "fsdp":
         raise ConfigError("strategy.offload_params", "needs strategy.zero_stage=3 (only stage 3 shards parameters)")
     if st.offload_optimizer != "none" and st.zero_stage == 0:
         raise ConfigError("strategy.offload_optimizer", "needs strategy.zero_stage of 1 or more")

@@ -57,7 +57,7 @@ def build_parts(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None
                   "model.class_path" if cfg.model.class_path else "model")
     if cfg.model.sync_batchnorm:
         model = convert_sync_batchnorm(model, env)
-    strategy = build_strategy(cfg, env, resolved, model, build_optimizer(cfg.optim, model, env.device))
+    strategy = build_strategy(cfg, env, resolved, model, lambda module: build_optimizer(cfg.optim, module, env.device))
     seed_everything(rank_seed(cfg.train.seed, env.rank))
     total = cfg.train.epochs * data.train.steps_per_epoch
     if cfg.train.max_steps is not None:

@@ -19,4 +19,26 @@ def check_job(cfg: Config, world_size: int) -> Resolved:
     check_model(cfg.model, facts.input_shape)
     if facts.task is not None:  # a custom source tells only when built (dist_train.parts checks it then)
         check_task(cfg, facts.task)
+    if resolved.strategy == "fsdp" and cfg.strategy.fsdp_modules and facts.input_shape is not None:
+        check_fsdp_units(cfg, facts.input_shape, facts.task or "classification")
     return resolved
+
+
+def check_fsdp_units(cfg: Config, input_shape: tuple[int, ...], task: str) -> None:
+    """strategy.fsdp_modules must name module classes of the network: built on
+    the meta device (no memory) and looked at. A network that cannot be built
+    there is checked when the workers build it."""
+    import torch
+
+    from dist_train.errors import ConfigError
+    from dist_train.models import build_model
+    from dist_train.strategy.fsdp import units
+
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, input_shape, 2, task)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - a user's network that needs real tensors to be built: the workers check
+        return
+    units(model, tuple(cfg.strategy.fsdp_modules), built_in=not cfg.model.class_path)

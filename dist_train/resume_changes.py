@@ -117,7 +117,8 @@ def compare(stored: dict[str, Any], new: dict[str, Any], stored_strategy: str, n
         if _same(old, value):
             continue
         changes.append(_classify(key, old, value, old_flat, new_flat))
-    if (stored_strategy == "deepspeed") != (new_strategy == "deepspeed"):
+    layouts = ("deepspeed", "fsdp")  # each keeps its state its own way; single and ddp share one
+    if any((stored_strategy == s) != (new_strategy == s) for s in layouts):
         changes.append(Change("strategy.name", stored_strategy, new_strategy, "refused",
                               "the checkpoint holds another strategy's state"))
     elif stored_strategy == new_strategy == "deepspeed" and old_flat.get("train.precision") != new_flat.get("train.precision"):
@@ -127,6 +128,9 @@ def compare(stored: dict[str, Any], new: dict[str, Any], stored_strategy: str, n
 
 
 def _classify(key: str, old: Any, new: Any, old_flat: dict, new_flat: dict) -> Change:
+    streamed = new_flat.get("data.source") == "shards" and new_flat.get("data.cache") == "none"
+    if key in ("data.loader_workers", "data.shuffle_buffer") and streamed:
+        return Change(key, old, new, "ignored", "streamed shards keep the run's stream layout")
     if key in APPLIED_MODEL:
         kind = APPLIED_MODEL[key]
         return Change(key, old, new, kind, "" if kind == "applied" else "used only to initialize a new network")

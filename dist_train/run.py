@@ -78,7 +78,7 @@ def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_loc
                            check_collectives=cfg.dist.check_collectives) as peers:
             # only now: until the loop runs, a signal must end the process as usual
             stop.install()
-            faulthandler.enable(all_threads=True)  # a rank killed by a fatal signal (SIGABRT, SIGSEGV) shows its stacks
+            _show_stacks_on_fatal_signals()
             watchdog = Watchdog(cfg.dist, cfg.train.compile, env, Path(cfg.run.dir), peers, resolved.strategy)
             try:
                 outcome = _run(cfg, env, resolved, stop, build, take_lock, announce_stop, watchdog)
@@ -182,6 +182,16 @@ def _rank0_tracker(cfg: Config, run_dir: Path, plan: StartPlan) -> Tracker:
         print(f"dist-train: W&B run {sink.run_id} {where}", flush=True)
     progress = cfg.run.progress and sys.stderr.isatty()
     return Tracker(run_dir, truncate_to=plan.metrics_lines, sink=sink, progress=progress)
+
+
+def _show_stacks_on_fatal_signals() -> None:
+    """A rank killed by a fatal signal (gloo's abort on mismatched collectives,
+    a segfault) prints the Python stacks of all its threads first, to the
+    process's own stderr (whatever a caller has put in sys.stderr's place)."""
+    try:
+        faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=True)
+    except (AttributeError, OSError, ValueError):  # no real stderr to write to: nothing to show it on
+        pass
 
 
 def _is_lost_peer(exc: BaseException) -> bool:

@@ -55,19 +55,47 @@ def plan_start(cfg: Config, resolved: Resolved, warn: Any = None) -> StartPlan:
     verify and for config changes the checkpoint cannot continue with."""
     warn = warn or (lambda m: print(m, file=sys.stderr, flush=True))
     run_dir = Path(cfg.run.dir)
-    if cfg.run.resume == "never":
-        return StartPlan()
+    info = None
     if cfg.run.resume == "auto":
         info = ckpt.find_latest_valid(run_dir, warn=warn)
-    else:
+    elif cfg.run.resume != "never":
         info = ckpt.verify_checkpoint(Path(cfg.run.resume))
+    _check_stream_layout(cfg, resolved, info)
     if info is None:
         return StartPlan()
     stored = stored_settings(info)
+    _check_world_size(info, stored, resolved)
     changes = compare(stored["config"], to_dict(cfg), stored["strategy"], resolved.strategy)
     changes.raise_if_refused(str(run_dir), str(info.path))
     finished = bool(info.manifest.get("finished")) and not _asks_for_more(cfg, info)
     return StartPlan(info, changes, finished, stored["metrics_lines"], stored["wandb_run_id"])
+
+
+def _check_stream_layout(cfg: Config, resolved: Resolved, info: ckpt.CheckpointInfo | None) -> None:
+    """Streamed shards must divide among the run's streams x readers: a fresh
+    run's (its workers x data.loader_workers), or the ones a resumed run began
+    with, on any number of workers now."""
+    if cfg.data.source != "shards" or cfg.data.cache != "none":
+        return
+    from dist_train.data.shards import load_manifest
+    from dist_train.data.stream import StreamLayout, check_shard_readers
+
+    layout = (StreamLayout.of_checkpoint(info.manifest) if info is not None
+              else StreamLayout(resolved.world_size, cfg.data.loader_workers, cfg.data.shuffle_buffer))
+    check_shard_readers(load_manifest(cfg.data.path), layout.streams, layout.readers)
+
+
+def _check_world_size(info: ckpt.CheckpointInfo, stored: dict[str, Any], resolved: Resolved) -> None:
+    """Every strategy resumes on any number of workers but DeepSpeed's ZeRO,
+    whose optimizer partitions load only on as many workers as saved them."""
+    saved_by = int(info.manifest.get("world_size", resolved.world_size))
+    stage = int(((stored.get("config") or {}).get("strategy") or {}).get("zero_stage", 0))
+    if stored.get("strategy") == "deepspeed" and resolved.strategy == "deepspeed" and stage > 0 \
+            and saved_by != resolved.world_size:
+        raise DistTrainError(f"checkpoint {info.path} holds DeepSpeed ZeRO-{stage} optimizer state partitioned over "
+                             f"{saved_by} workers, which DeepSpeed loads only on {saved_by} (this job has "
+                             f"{resolved.world_size}): resume with {saved_by} workers; for runs that change size, "
+                             f"strategy.name=fsdp shards the same state and resumes on any number of workers")
 
 
 def stored_settings(info: ckpt.CheckpointInfo) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from torch import nn
 from dist_train.checkpoint import CheckpointInfo, CheckpointParts, Checkpointer, load_file
 from dist_train.comm import Comm
 from dist_train.config import Config, to_dict
-from dist_train.data.loader import TrainStep
+from dist_train.data.loader import Batch, TrainStep
 from dist_train.early_stopping import BestWeights, EarlyStopping
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError, TrainingFailed
@@ -262,12 +262,25 @@ class Trainer:
         self.strategy.share_buffers()
 
         def batches() -> Any:
-            for batch in self.data.eval_batches(split_name, EVAL_BATCH_SIZE):
+            found = self.data.eval_batches(split_name, EVAL_BATCH_SIZE)
+            if self.strategy.sharded_forward:
+                found = self._as_many_batches_as_every_rank(list(found))
+            for batch in found:
                 yield batch
                 self.watchdog.beat()  # each batch is progress
 
         return evaluate(self.strategy.eval_model, batches(), self.loss_fn, self.comm, self.env.device, self.data.task,
                         self.data.num_outputs)
+
+    def _as_many_batches_as_every_rank(self, batches: list[Batch]) -> list[Batch]:
+        """A sharded model's forward gathers its parameters from every rank:
+        each rank runs as many forward passes, the ranks with fewer batches
+        padding with empty ones (which add nothing to the sums)."""
+        most = max(self.comm.gather_object(len(batches)))
+        empty = Batch(torch.empty((0, *self.data.input_shape), device=self.env.device),
+                      torch.empty((0, *self.data.target_shape), device=self.env.device,
+                                  dtype=torch.int64 if self.data.task == "classification" else torch.float32))
+        return batches + [empty] * (most - len(batches))
 
     def _named(self, split: str, metrics: dict[str, float]) -> dict[str, float]:
         """val_loss, val_accuracy (or val_mse, val_mae, val_r2), ... for records and monitors."""
@@ -289,17 +302,21 @@ class Trainer:
         return FitResult(self._predictor(), s.global_step, s.last_val, stopped=True, stopped_by=by)
 
     def _predictor(self) -> Predictor:
-        """The trained network behind the preprocessing its data had (raw inputs in)."""
-        return Predictor(self.strategy.model, self.spec)
+        """The trained network behind the preprocessing its data had (raw inputs
+        in). A collective where the strategy shards the model."""
+        return Predictor(self.strategy.plain_model(), self.spec)
 
     # ------------------------------------------------------------ checkpoints
 
     def checkpoint_parts(self) -> CheckpointParts:
         """What a checkpoint holds, by file (see dist_train.checkpoint)."""
+        shared_state = {"strategy": self.strategy, "schedule": self.schedule, "early_stopping": self.early_stopping,
+                        "state": self.state}
+        if hasattr(self.data.train, "state_dict"):  # a data plan with state of its own (streamed shards' layout)
+            shared_state["data"] = self.data.train
         return CheckpointParts(
             shared={"model.pt": StrategyWeights(self.strategy),
-                    "trainer.pt": {"strategy": self.strategy, "schedule": self.schedule,
-                                   "early_stopping": self.early_stopping, "state": self.state},
+                    "trainer.pt": shared_state,
                     "best_model.pt": BestWeights(self.early_stopping), "predictor.pt": self.spec},
             per_rank={"rng": self.streams, "running_loss": self.running_loss},
             files=self.strategy)
@@ -320,6 +337,8 @@ class Trainer:
                 # what a resume compares and continues with, without loading trainer.pt
                 "config": self._config_record, "strategy": self.resolved.strategy,
                 "metrics_lines": self.tracker.lines, "wandb_run_id": self.tracker.run_id}
+        if hasattr(self.data.train, "layout"):  # what a resume on another number of workers streams with
+            info["stream_layout"] = self.data.train.layout.state()
         keep = s.best_checkpoint[1] if s.best_checkpoint and ck.keep_best else None
         phase, self.watchdog.phase = self.watchdog.phase, f"saving the checkpoint of step {s.global_step}"
         path = self.checkpointer.save(s.global_step, self.checkpoint_parts(), info, keep)
@@ -338,6 +357,11 @@ class Trainer:
         s = self.state
         checkpointer = self.checkpointer or Checkpointer(info.path.parent.parent, self.comm, self.env,
                                                          self.cfg.dist.timeout_s)
+        stored = (info.manifest.get("config") or {}).get("data", {})
+        if hasattr(self.data.train, "layout"):  # streamed shards: as the run streamed them, on any number of workers
+            from dist_train.data.stream import StreamLayout
+
+            self.data.train.load_state_dict({"layout": StreamLayout.of_checkpoint(info.manifest).state()})
         try:
             own = checkpointer.load(info, self.checkpoint_parts())
         except (RuntimeError, KeyError) as exc:  # shapes or keys that do not fit what this config builds
@@ -355,23 +379,14 @@ class Trainer:
             self.streams.reseed(self.cfg.train.seed + s.global_step, self.env.rank)
             first_rank = load_file(info.path, "rank-00000.pt")
             self.running_loss.load_state_dict(first_rank["running_loss"], include_pending=False)
-        if self.cfg.data.source == "shards" and s.step_in_epoch and not self._same_shard_order(info, own):
-            # streamed shards are dealt to ranks and readers by their number, and each
-            # reader shuffles its own buffer: the epoch's position does not carry over
+        # the schedule spans the run's epochs as its data plan counts them (a stream layout may count them differently)
+        total = self.cfg.train.epochs * self.data.train.steps_per_epoch
+        self.schedule.total_steps = max(min(total, self.cfg.train.max_steps or total), 1)
+        if (self.cfg.data.source == "shards" and s.step_in_epoch
+                and (stored.get("cache", "none") == "none") != (self.cfg.data.cache == "none")):
+            # cached shards follow the in-memory plan, streamed ones their streams: another order of the same
+            # samples, so the interrupted epoch starts again (no sample twice in it)
             s.step_in_epoch = 0
-
-    def _same_shard_order(self, info: CheckpointInfo, same_world: bool) -> bool:
-        """Whether the checkpoint's run visited the shards in this run's order:
-        cached shards follow the in-memory plan (the order of the global batch),
-        streamed ones depend on the ranks, the readers and their buffer."""
-        def order(d: dict[str, Any]) -> tuple:
-            if d.get("cache", "none") != "none":
-                return ("plan",)
-            return ("stream", d.get("loader_workers"), d.get("shuffle_buffer"))
-
-        stored = (info.manifest.get("config") or {}).get("data", {})
-        now = order(dataclasses.asdict(self.cfg.data))
-        return now == order(stored) and (same_world or now == ("plan",))
 
     def log_resume(self, info: CheckpointInfo, changed: dict[str, Any] | None = None) -> None:
         """The `resume` record (after `attach_tracker`): where from, and the

@@ -35,11 +35,10 @@ def check_data(cfg: Config, world_size: int) -> DataFacts:
     d = cfg.data
     if d.source == "shards":
         from dist_train.data.shards import load_manifest
-        from dist_train.data.stream import check_shard_readers
 
+        # whether the shards divide among the streams' readers depends on the run's stream layout,
+        # which a resumed run takes from its checkpoint: checked where the start is planned (dist_train.start)
         manifest = load_manifest(d.path)
-        if d.cache == "none":  # cached shards are read whole by every rank: no readers to deal shards to
-            check_shard_readers(manifest, world_size, d.loader_workers)
         return DataFacts(manifest.input_shape, manifest.task)
     if d.source == "custom":
         from dist_train.data.custom import KEY
@@ -60,7 +59,7 @@ def build_data(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None 
     if d.source == "shards" and d.cache == "none":
         from dist_train.data.stream import ShardData
 
-        return ShardData(d, env, resolved.per_rank_batch_size, resolved.grad_accum_steps, cfg.train.seed, comm)
+        return ShardData(d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed, comm)
     if d.source == "shards":
         from dist_train.data.cache import shard_splits
         from dist_train.data.normalization import Normalizer

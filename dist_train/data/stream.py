@@ -2,11 +2,17 @@
 per epoch across ranks.
 
 Every epoch, all ranks compute the same seeded permutation of the training
-shards; rank r takes shards perm[r::N], and DataLoader worker w of W takes the
-rank's shards [w::W]. A loader worker reads its shards in order (block by
-block), fills a buffer of about `data.shuffle_buffer` samples, shuffles it
-(seeded by seed, epoch, rank and worker) and hands out chunks. The main process
-cuts the stream into per-rank batches of global_batch / N samples.
+shards and deal them to S streams (S: the number of workers when the run
+started): stream s takes shards perm[s::S], and DataLoader worker w of W
+takes the stream's shards [w::W]. A loader worker reads its shards in order
+(block by block), fills a buffer of about `data.shuffle_buffer` samples,
+shuffles it (seeded by seed, epoch, stream and worker) and hands out chunks.
+Each step's global batch is the next global_batch / S samples of every
+stream. With as many workers as streams, rank r reads stream r alone (every
+sample read once); resumed on another number of workers, a rank reads the
+streams it takes its part of each global batch from (several, or one it
+shares with other ranks), so the global batches are those of the
+uninterrupted run, mid-epoch too (see `StreamLayout`).
 
 The number of training shards must divide by ranks x loader workers, so the
 shards split evenly; the loader refuses other combinations with a message. Shard
@@ -98,9 +104,37 @@ class _WorkerStream(IterableDataset):
 
 
 @dataclass(frozen=True)
+class StreamLayout:
+    """How a run's training shards are streamed: `streams` logical streams (the
+    number of workers when the run started), each read by `readers` DataLoader
+    processes through a shuffle buffer of `buffer` samples. Each step's global
+    batch is the next chunk of every stream, so the layout, not the number of
+    workers, fixes the order: a run resumed on another number of workers takes
+    the very same global batches, mid-epoch too. Part of the run: saved in
+    every checkpoint."""
+
+    streams: int
+    readers: int
+    buffer: int
+
+    def state(self) -> list[int]:
+        return [self.streams, self.readers, self.buffer]
+
+    @classmethod
+    def of_checkpoint(cls, manifest: dict) -> "StreamLayout":
+        """The layout a checkpoint's run streamed with (its manifest records it;
+        one written before it did streamed as its config and workers say)."""
+        if "stream_layout" in manifest:
+            return cls(*map(int, manifest["stream_layout"]))
+        data = (manifest.get("config") or {}).get("data", {})
+        return cls(int(manifest.get("world_size", 1)), int(data.get("loader_workers", 1)),
+                   int(data.get("shuffle_buffer", 4096)))
+
+
+@dataclass(frozen=True)
 class EpochPlan:
-    files: list[str]  # this rank's shards this epoch
-    rank_counts: list[int]  # samples each rank holds this epoch
+    files: list[list[str]]  # each stream's shards this epoch
+    counts: list[int]  # samples each stream holds this epoch
     steps: int
 
 
@@ -119,23 +153,46 @@ def check_shard_readers(manifest: Manifest, world_size: int, loader_workers: int
             f"data.loader_workers")
 
 
+def my_part(streams: int, world_size: int, rank: int) -> tuple[list[int], int, int]:
+    """Which streams a rank takes its part of each global batch from: all of
+    `streams % world_size == rank` when there are at least as many streams as
+    ranks (one each when equal), else the one stream `rank % streams`, whose
+    chunk it shares with the other ranks on it: (streams, its share's index,
+    ranks sharing)."""
+    if world_size <= streams:
+        return [s for s in range(streams) if s % world_size == rank], 0, 1
+    sharing = [r for r in range(world_size) if r % streams == rank % streams]
+    return [rank % streams], sharing.index(rank), len(sharing)
+
+
 class ShardTrainLoader:
-    def __init__(self, manifest: Manifest, cfg: DataConfig, env: DistEnv, per_rank_batch: int,
+    checkpoint_optional = True  # checkpoints written before the layout was kept resume with a layout of their config's
+
+    def __init__(self, manifest: Manifest, cfg: DataConfig, env: DistEnv, global_batch: int,
                  grad_accum_steps: int, seed: int, normalize: Normalizer) -> None:
-        check_shard_readers(manifest, env.world_size, cfg.loader_workers)
         self.manifest, self.cfg, self.env = manifest, cfg, env
-        self.per_rank_batch, self.grad_accum_steps, self.seed = per_rank_batch, grad_accum_steps, seed
+        self.global_batch, self.grad_accum_steps, self.seed = global_batch, grad_accum_steps, seed
         self.normalize = normalize
         self.drop_last = cfg.drop_last
+        self.layout = StreamLayout(env.world_size, cfg.loader_workers, cfg.shuffle_buffer)  # a fresh run's
+
+    # the layout as a checkpoint part: a resumed run streams as the run began, on any number of workers
+    def state_dict(self) -> dict:
+        return {"layout": self.layout.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        streams, readers, buffer = state["layout"]
+        self.layout = StreamLayout(int(streams), int(readers), int(buffer))
 
     def plan(self, epoch: int) -> EpochPlan:
         shards = self.manifest.splits["train"]
         order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(shards))
-        per_rank = [[shards[i] for i in order[r::self.env.world_size]] for r in range(self.env.world_size)]
-        counts = [sum(s.samples for s in mine) for mine in per_rank]
-        b = self.per_rank_batch
+        n = self.layout.streams
+        per_stream = [[shards[i] for i in order[s::n]] for s in range(n)]
+        counts = [sum(x.samples for x in mine) for mine in per_stream]
+        b = self.global_batch // n
         steps = min(counts) // b if self.drop_last else max(math.ceil(c / b) for c in counts)
-        return EpochPlan([s.file for s in per_rank[self.env.rank]], counts, steps)
+        return EpochPlan([[x.file for x in mine] for mine in per_stream], counts, steps)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -144,34 +201,46 @@ class ShardTrainLoader:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainStep]:
         """This rank's steps of `epoch`, from `start_step` on, on the device and
         normalized. Resuming mid-epoch re-reads (without training on) the
-        batches before `start_step`: the stream is a pure function of (seed,
-        epoch, rank, loader workers)."""
+        batches before `start_step`: each stream is a pure function of (seed,
+        epoch, stream, the layout's readers and buffer)."""
         return device_feed(self._raw_steps(epoch, start_step), self.env.device, self._on_device)
 
     def _on_device(self, batch: Batch) -> Batch:
         return Batch(self.normalize(batch.inputs), batch.targets.to(self.env.device, non_blocking=True))
 
+    def _stream(self, files: list[str], epoch: int, stream: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One stream's chunks, read by the layout's readers (a generator of its
+        own: a DataLoader otherwise draws its base seed from the global RNG,
+        which would shift dropout masks and break exact resume)."""
+        workers = self.layout.readers
+        data = _WorkerStream(self.manifest, files, self.seed, epoch, stream, self.layout.buffer, chunk=4096)
+        return start_readers(DataLoader(data, batch_size=None, num_workers=workers,
+                                        prefetch_factor=4 if workers else None, persistent_workers=False,
+                                        generator=torch.Generator().manual_seed(epoch),
+                                        worker_init_fn=ignore_stop_signals if workers else None,
+                                        multiprocessing_context=reader_context() if workers else None,
+                                        pin_memory=self.env.device.startswith("cuda")))
+
     def _raw_steps(self, epoch: int, start_step: int) -> Iterator[TrainStep]:
         plan = self.plan(epoch)
-        b = self.per_rank_batch
-        stream = _WorkerStream(self.manifest, plan.files, self.seed, epoch, self.env.rank,
-                               self.cfg.shuffle_buffer, chunk=4096)
-        workers = self.cfg.loader_workers
-        # A generator of its own: a DataLoader otherwise draws its base seed from the
-        # global RNG, which would shift dropout masks (and break exact resume).
-        chunks = start_readers(DataLoader(stream, batch_size=None, num_workers=workers,
-                                          prefetch_factor=4 if workers else None, persistent_workers=False,
-                                          generator=torch.Generator().manual_seed(epoch),
-                                          worker_init_fn=ignore_stop_signals if workers else None,
-                                          multiprocessing_context=reader_context() if workers else None,
-                                          pin_memory=self.env.device.startswith("cuda")))
-        batches = _rebatch(chunks, b)
+        b = self.global_batch // self.layout.streams
+        mine, share, sharing = my_part(self.layout.streams, self.env.world_size, self.env.rank)
+        batches = {s: _rebatch(self._stream(plan.files[s], epoch, s), b) for s in mine}
         for step in range(plan.steps):
-            sizes = [min(max(c - step * b, 0), b) for c in plan.rank_counts]
-            x, y = next(batches) if sizes[self.env.rank] else (None, None)
+            sizes = [min(max(c - step * b, 0), b) for c in plan.counts]
+            parts = []
+            for s in mine:
+                if not sizes[s]:
+                    continue  # this stream has run out: the rank takes part with what the others give
+                x, y = next(batches[s])
+                if step >= start_step:
+                    lo, hi = even_slices(len(y), sharing)[share]
+                    parts.append((x[lo:hi], y[lo:hi]))
             if step < start_step:
                 continue
-            if x is None:  # this rank has run out: it still takes part, with an empty batch
+            if parts:
+                x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            else:  # nothing for this rank in this step: it still takes part, with an empty batch
                 x = torch.empty((0, *self.manifest.input_shape), dtype=getattr(torch, self.manifest.input_dtype))
                 shape, dtype = self.manifest.expected_targets(0)
                 y = torch.from_numpy(np.empty(shape, dtype=dtype))
@@ -210,7 +279,7 @@ def _rebatch(chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], size: int) -> 
 class ShardData:
     """Prepared shards: a streaming training loader and complete evaluation reads."""
 
-    def __init__(self, cfg: DataConfig, env: DistEnv, per_rank_batch: int, grad_accum_steps: int, seed: int,
+    def __init__(self, cfg: DataConfig, env: DistEnv, global_batch: int, grad_accum_steps: int, seed: int,
                  comm: Comm | None = None) -> None:
         if not cfg.path:
             raise DistTrainError("data.source is 'shards' but data.path is empty; set data.path to a directory "
@@ -225,7 +294,7 @@ class ShardData:
         self.train_size = self.manifest.num_samples("train")
         self.input_spec = self.manifest.input_spec(self.normalize)
         self.target_shape = self.manifest.target_shape
-        self.train = ShardTrainLoader(self.manifest, cfg, env, per_rank_batch, grad_accum_steps, seed, self.normalize)
+        self.train = ShardTrainLoader(self.manifest, cfg, env, global_batch, grad_accum_steps, seed, self.normalize)
 
     def example_batch(self) -> Batch:
         """The first samples of the validation split (the same on every rank)."""

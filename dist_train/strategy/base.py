@@ -53,6 +53,9 @@ class Strategy(ABC):
     world_size: int = 1
     #: whether checkpoints need `save_files` (a collective, on the training thread)
     writes_files: bool = False
+    #: whether the model's forward is a collective (a sharded model gathers its
+    #: parameters): then every rank runs as many forward passes as the others
+    sharded_forward: bool = False
 
     # ------------------------------------------------------------ training
 
@@ -141,7 +144,13 @@ class Strategy(ABC):
 
     @property
     def eval_model(self) -> nn.Module:
-        """The module evaluation calls (float32 inputs, no communication)."""
+        """The module evaluation calls (float32 inputs; no communication unless
+        `sharded_forward`)."""
+        return self.model
+
+    def plain_model(self) -> nn.Module:
+        """The whole network as one module any rank may call alone (a collective
+        for a strategy that shards parameters): what a finished run hands back."""
         return self.model
 
     # ------------------------------------------------------------ state

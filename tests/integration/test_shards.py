@@ -22,7 +22,7 @@ from tests.multiproc import run_workers
 
 def stream_worker(env, path, loader_workers, epochs, per_rank_batch):
     cfg = data_cfg(path, loader_workers=loader_workers, shuffle_buffer=128)
-    data = ShardData(cfg, env, per_rank_batch, grad_accum_steps=2, seed=3)
+    data = ShardData(cfg, env, per_rank_batch * env.world_size, grad_accum_steps=2, seed=3)
     out = []
     for epoch in range(epochs):
         steps = [(torch.cat([b.inputs for b in s.micro_batches])[:, 0].long().tolist(), s.global_count)

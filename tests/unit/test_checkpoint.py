@@ -77,3 +77,24 @@ def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path, 
     assert info is not None and info.global_step in (target - 1, target)
     assert torch.load(info.path / "trainer.pt", weights_only=True)["step"] == info.global_step
     assert torch.load(info.path / "model.pt", weights_only=True)["w"].shape == (2_000_000,)
+
+
+def test_a_zero_checkpoint_on_another_number_of_workers_is_refused_before_anything_starts(tmp_path):
+    """DeepSpeed loads ZeRO partitions only on as many workers as saved them: one line saying so."""
+    import json
+
+    from dist_train.config import load_config
+    from dist_train.errors import DistTrainError
+    from dist_train.resolve import resolve
+    from dist_train.start import plan_start
+
+    cfg = load_config(None, [f"run.dir={tmp_path}", "strategy.name=deepspeed", "strategy.zero_stage=2",
+                             "train.global_batch_size=48"])
+    checkpoint = tmp_path / "checkpoints" / "step-00000010"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "MANIFEST.json").write_text(json.dumps({
+        "format": "dist-train-checkpoint/2", "global_step": 10, "world_size": 2, "epoch": 1, "files": {},
+        "strategy": "deepspeed", "config": {"strategy": {"name": "deepspeed", "zero_stage": 2}}}))
+    with pytest.raises(DistTrainError, match=r"ZeRO-2 optimizer state partitioned over 2 workers, which DeepSpeed "
+                                             r"loads only on 2 \(this job has 3\): resume with 2 workers"):
+        plan_start(cfg, resolve(cfg, 3))

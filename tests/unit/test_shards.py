@@ -152,13 +152,17 @@ def test_prepare_names_a_missing_source():
 # ----------------------------------------------------------------- stream
 
 def test_shards_that_do_not_divide_among_readers_are_refused(tmp_path):
-    manifest = indexed_dataset(tmp_path / "ds", shards=6)
-    cfg = data_cfg(tmp_path / "ds", loader_workers=2)
-    unnormalized = Normalizer(manifest.normalization, manifest.input_shape, "none", "cpu")
+    from dist_train.config import load_config
+    from dist_train.resolve import resolve
+    from dist_train.start import plan_start
+
+    indexed_dataset(tmp_path / "ds", shards=6)
+    base = ["data.source=shards", f"data.path={tmp_path / 'ds'}", f"run.dir={tmp_path / 'run'}"]
+    cfg = load_config(None, [*base, "data.loader_workers=2"])
     with pytest.raises(DistTrainError, match="6 shards, which does not divide among 2 rank.* x 2 loader worker"):
-        ShardTrainLoader(manifest, cfg, DistEnv(rank=0, world_size=2), 16, 1, 0, unnormalized)
-    ShardTrainLoader(manifest, data_cfg(tmp_path / "ds", loader_workers=3), DistEnv(rank=0, world_size=2), 16, 1, 0,
-                     unnormalized)  # 6 = 2 x 3 is fine
+        plan_start(cfg, resolve(cfg, 2))
+    cfg = load_config(None, [*base, "data.loader_workers=3"])
+    assert plan_start(cfg, resolve(cfg, 2)).checkpoint is None  # 6 = 2 x 3 is fine
 
 
 def test_normalization_uses_the_training_split_statistics(tmp_path):
