@@ -32,6 +32,38 @@ LossName = Literal["cross_entropy", "binary_cross_entropy", "mse", "l1", "huber"
 Monitored = Literal["val_loss", "val_accuracy", "val_mse", "val_mae", "val_r2"]
 
 
+# ----------------------------------------------------------------- what a resume may change
+# Each field says what a run resumed from a checkpoint may do with a new
+# value (dist_train.resume_changes applies it; a test fails for a field
+# without a rule): `fixed` refuses it (the checkpoint cannot continue with it),
+# `changeable` applies it, `at_start` reports it as having no effect (it
+# matters only when a run starts).
+
+def _ruled(kind: str, default: Any, why: str, factory: Any) -> Any:
+    meta = {"resume": kind, "why": why}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def fixed(default: Any = None, why: str = "", factory: Any = None) -> Any:
+    return _ruled("refused", default, why, factory)
+
+
+def changeable(default: Any = None, factory: Any = None) -> Any:
+    return _ruled("applied", default, "", factory)
+
+
+def at_start(default: Any = None, why: str = "", factory: Any = None) -> Any:
+    return _ruled("ignored", default, why, factory)
+
+
+ANOTHER_DATA_SET = "another data set"
+ANOTHER_SPLIT = "another split of the data"
+ANOTHER_NETWORK = "the checkpoint holds another network"
+ZERO_LAYOUT = "the checkpoint holds DeepSpeed state laid out differently"
+
+
 @dataclass(frozen=True)
 class DataConfig:
     # digits: scikit-learn's 8x8 digits in memory; synthetic: Gaussian blobs in
@@ -39,129 +71,131 @@ class DataConfig:
     # scikit-learn's tabular sets in memory; shards: a directory written by
     # `dist-train prepare` (data.path); custom: map-style datasets made by
     # data.class_path(**data.init_args)
-    source: Literal["digits", "synthetic", "breast_cancer", "wine", "diabetes", "shards", "custom"] = "digits"
-    path: str = ""
+    source: Literal["digits", "synthetic", "breast_cancer", "wine", "diabetes", "shards", "custom"] = fixed(
+        "digits", ANOTHER_DATA_SET)
+    path: str = fixed("", ANOTHER_DATA_SET)
     # custom: a function (or class) returning the train, validation and test datasets:
     # "package.module.name", or "file.py:name" relative to the config file
-    class_path: str = ""
-    init_args: dict = field(default_factory=dict)
-    loader_workers: int = 1  # DataLoader processes per rank reading shards or a custom dataset (0: the main process)
-    shuffle_buffer: int = 4096  # samples shuffled together by each shard reader
-    verify: bool = True  # check every shard's size, checksum and blocks before training
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    split_seed: int = 0
+    class_path: str = fixed("", ANOTHER_DATA_SET)
+    init_args: dict = fixed(why=ANOTHER_DATA_SET, factory=dict)
+    loader_workers: int = changeable(1)  # DataLoader processes per rank reading shards or a custom dataset (0: the main process)
+    shuffle_buffer: int = changeable(4096)  # samples shuffled together by each shard reader
+    verify: bool = changeable(True)  # check every shard's size, checksum and blocks before training
+    val_fraction: float = fixed(0.15, ANOTHER_SPLIT)
+    test_fraction: float = fixed(0.15, ANOTHER_SPLIT)
+    split_seed: int = fixed(0, ANOTHER_SPLIT)
     # inputs minus the training split's mean, over its standard deviation:
     # one pair per channel (images) or per feature, or none
-    normalize: Literal["per_channel", "per_feature", "none"] = "per_channel"
+    normalize: Literal["per_channel", "per_feature", "none"] = fixed("per_channel", "inputs normalized differently")
     # Keep the last, smaller global batch of an epoch (every sample seen once per
     # epoch) or drop it (every step has the full global batch).
-    drop_last: bool = False
+    drop_last: bool = changeable(False)
     # none: shards streamed, custom items fetched every step, built-in sets held on
     # the device; host / device: every split read once, normalized, and kept in
     # host memory (pinned, for a GPU) or on the device; batches are cut there
-    cache: Literal["none", "host", "device"] = "none"
+    cache: Literal["none", "host", "device"] = changeable("none")
     # synthetic source only: Gaussian class blobs
-    num_samples: int = 512
-    num_features: int = 32
-    num_classes: int = 4
+    num_samples: int = fixed(512, ANOTHER_DATA_SET)
+    num_features: int = fixed(32, ANOTHER_DATA_SET)
+    num_classes: int = fixed(4, ANOTHER_DATA_SET)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["mlp", "cnn"] = "mlp"
+    name: Literal["mlp", "cnn"] = fixed("mlp", ANOTHER_NETWORK)
     # a model of your own instead of mlp/cnn: a class or function building an
     # nn.Module, "package.module.Name" or "file.py:Name" relative to the config
     # file, called with init_args (and input_shape, num_classes or num_outputs
     # when its signature asks for them)
-    class_path: str = ""
-    init_args: dict = field(default_factory=dict)
-    hidden_sizes: tuple[int, ...] = (64,)
-    activation: Activation = "relu"
-    dropout: float = 0.0
-    batch_norm: bool = False
+    class_path: str = fixed("", ANOTHER_NETWORK)
+    init_args: dict = fixed(why=ANOTHER_NETWORK, factory=dict)
+    hidden_sizes: tuple[int, ...] = fixed((64,), ANOTHER_NETWORK)
+    activation: Activation = fixed("relu", ANOTHER_NETWORK)
+    dropout: float = changeable(0.0)
+    batch_norm: bool = fixed(False, ANOTHER_NETWORK)
     # batch-norm statistics over the whole global batch (all workers), not each
     # worker's share; with one worker it is ordinary batch norm
-    sync_batchnorm: bool = False
-    init: Init = "kaiming"
-    init_std: float = 0.01  # gaussian init only
-    channels: tuple[int, ...] = (16, 32)  # cnn only
+    sync_batchnorm: bool = changeable(False)
+    init: Init = at_start("kaiming", "used only to initialize a new network")
+    init_std: float = at_start(0.01, "used only to initialize a new network")  # gaussian init only
+    channels: tuple[int, ...] = fixed((16, 32), ANOTHER_NETWORK)  # cnn only
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: OptimizerName = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    alpha: float = 0.99  # rmsprop smoothing
-    rho: float = 0.9  # adadelta decay
+    name: OptimizerName = fixed("adam", "the checkpoint holds another optimizer's state")
+    lr: float = changeable(1e-3)
+    momentum: float = changeable(0.0)
+    nesterov: bool = changeable(False)
+    # switched on or off (0 or not) is refused: it changes the optimizer's parameter groups
+    weight_decay: float = changeable(0.0)
+    betas: tuple[float, float] = changeable((0.9, 0.999))
+    eps: float = changeable(1e-8)
+    alpha: float = changeable(0.99)  # rmsprop smoothing
+    rho: float = changeable(0.9)  # adadelta decay
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    max_steps: Optional[int] = None  # stop after this many optimizer steps
-    global_batch_size: int = 64
-    grad_accum_steps: int = 1
-    grad_clip_norm: Optional[float] = None
-    loss: LossName = "cross_entropy"
-    seed: int = 0
-    log_every_steps: int = 50
+    epochs: int = changeable(10)
+    max_steps: Optional[int] = changeable(None)  # stop after this many optimizer steps
+    global_batch_size: int = fixed(64, "the position in the epoch is counted in global batches")
+    grad_accum_steps: int = changeable(1)
+    grad_clip_norm: Optional[float] = changeable(None)
+    loss: LossName = fixed("cross_entropy", "another loss")
+    seed: int = fixed(0, "the data order and initialization of the run")
+    log_every_steps: int = changeable(50)
     # an `lr` record after each step whose LR differs from the last one recorded
     # (so the log holds every step's LR; an unchanged LR is not repeated, since a
     # W&B row costs ~0.2-0.35 ms); false: the LR rides on the `train` records only
-    lr_every_step: bool = True
+    lr_every_step: bool = changeable(True)
     # fp32; bf16: autocast (fp32 weights); fp16: autocast and a dynamic loss
     # scaler under ddp/single, DeepSpeed's fp16 (GPU only) under deepspeed
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = changeable("fp32")  # refused under DeepSpeed (its state)
     # a non-finite loss or gradient on any rank: stop with a message, or skip the step
-    nonfinite: Literal["stop", "skip"] = "stop"
+    nonfinite: Literal["stop", "skip"] = changeable("stop")
     # how often the ranks agree on a pending stop request (SIGTERM/SIGUSR1); one
     # small all-reduce each time
-    stop_check_every_steps: int = 50
+    stop_check_every_steps: int = changeable(50)
     # run the model through torch.compile (costs start-up time: see README, Performance)
-    compile: bool = False
+    compile: bool = changeable(False)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: Literal["constant", "step", "multistep", "exponential", "cosine", "plateau"] = "constant"
-    warmup_steps: int = 0  # linear warmup from 0, combined with any schedule
-    step_size_epochs: int = 10  # step: multiply by gamma every this many epochs
-    milestones_epochs: tuple[int, ...] = ()  # multistep: multiply by gamma at these epochs
-    gamma: float = 0.1  # step, multistep; exponential: per epoch
-    min_lr: float = 0.0  # cosine: the floor reached at the last step
+    name: Literal["constant", "step", "multistep", "exponential", "cosine", "plateau"] = changeable("constant")
+    warmup_steps: int = changeable(0)  # linear warmup from 0, combined with any schedule
+    step_size_epochs: int = changeable(10)  # step: multiply by gamma every this many epochs
+    milestones_epochs: tuple[int, ...] = changeable(())  # multistep: multiply by gamma at these epochs
+    gamma: float = changeable(0.1)  # step, multistep; exponential: per epoch
+    min_lr: float = changeable(0.0)  # cosine: the floor reached at the last step
     # plateau: multiply by factor when `monitor` has not improved for patience epochs
-    factor: float = 0.5
-    patience: int = 2
-    threshold: float = 1e-4
-    monitor: Monitored = "val_loss"
+    factor: float = changeable(0.5)
+    patience: int = changeable(2)
+    threshold: float = changeable(1e-4)
+    monitor: Monitored = changeable("val_loss")
     # linear scaling rule (Goyal et al. 2017): lr x global_batch_size / reference_batch_size
-    scale_lr: bool = False
-    reference_batch_size: int = 256
+    scale_lr: bool = changeable(False)
+    reference_batch_size: int = changeable(256)
 
 
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
-    enabled: bool = False
-    monitor: Monitored = "val_loss"
-    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses, max for accuracies
-    patience: int = 5
-    min_delta: float = 0.0
-    restore_best: bool = False  # end with the weights of the best validation epoch
+    enabled: bool = changeable(False)
+    monitor: Monitored = changeable("val_loss")
+    mode: Literal["auto", "min", "max"] = changeable("auto")  # auto: min for losses, max for accuracies
+    patience: int = changeable(5)
+    min_delta: float = changeable(0.0)
+    restore_best: bool = changeable(False)  # end with the weights of the best validation epoch
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every_steps: int = 0  # 0: not by steps
-    every_epochs: int = 1  # 0: not by epochs
-    keep_last: int = 3
-    keep_best: bool = True  # also keep the best checkpoint by `monitor`
-    monitor: Monitored = "val_loss"
+    every_steps: int = changeable(0)  # 0: not by steps
+    every_epochs: int = changeable(1)  # 0: not by epochs
+    keep_last: int = changeable(3)
+    keep_best: bool = changeable(True)  # also keep the best checkpoint by `monitor`
+    monitor: Monitored = changeable("val_loss")
 
 
 @dataclass(frozen=True)
@@ -171,66 +205,67 @@ class StrategyConfig:
     # fsdp: torch's fully sharded data parallel (FSDP2): parameters, gradients
     # and optimizer state sharded over the workers; checkpoints resume on any
     # number of workers
-    name: Literal["auto", "single", "ddp", "fsdp", "deepspeed"] = "auto"
-    bucket_cap_mb: float = 25.0
+    # (deepspeed, fsdp and single/ddp keep their state each their own way: a change between them is refused)
+    name: Literal["auto", "single", "ddp", "fsdp", "deepspeed"] = changeable("auto")
+    bucket_cap_mb: float = changeable(25.0)
     # fsdp only: the module classes sharded as units (their parameters gathered
     # together for their forward); default: each layer of the built-in networks,
     # each child module with parameters of your own
-    fsdp_modules: tuple[str, ...] = ()
+    fsdp_modules: tuple[str, ...] = changeable(())
     # fsdp only: free a unit's gathered parameters after its forward (less
     # memory; gathered again for the backward)
-    reshard_after_forward: bool = True
+    reshard_after_forward: bool = changeable(True)
     # deepspeed only: ZeRO stage 0 (plain data parallel), 1 (optimizer state
     # sharded), 2 (+ gradients), 3 (+ parameters)
-    zero_stage: int = 2
-    offload_optimizer: Literal["none", "cpu"] = "none"
-    offload_params: Literal["none", "cpu"] = "none"  # zero_stage 3, or fsdp on GPUs
+    zero_stage: int = fixed(2, "the checkpoint holds ZeRO state of another stage")
+    offload_optimizer: Literal["none", "cpu"] = fixed("none", ZERO_LAYOUT)
+    offload_params: Literal["none", "cpu"] = fixed("none", ZERO_LAYOUT)  # zero_stage 3, or fsdp on GPUs
     # raw DeepSpeed config merged last; keys derived from our config are refused
-    deepspeed_config: dict = field(default_factory=dict)
+    deepspeed_config: dict = fixed(why=ZERO_LAYOUT, factory=dict)
 
 
 @dataclass(frozen=True)
 class DistConfig:
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = changeable("auto")
     # training: seconds a collective may wait for a peer before the job fails
     # (the backstop behind the stall watchdog)
-    timeout_s: float = 120.0
+    timeout_s: float = changeable(120.0)
     # start-up: seconds for the nodes to meet (rendezvous), the process group to
     # form and every collective until the first steps are done (nodes come up
     # minutes apart; the first step compiles, reads, warms up)
-    start_timeout_s: float = 600.0
+    start_timeout_s: float = changeable(600.0)
     # the stall watchdog: seconds a rank may go without progress (a step, an
     # evaluation batch, a checkpoint write) before every rank writes its stacks
     # to run.dir/hang/ and the job stops with exit status 3. None: 20 x the
     # slowest step, evaluation batch or checkpoint write seen, at least 30 s
     # (300 s with train.compile) and at most half of timeout_s; 0: off
-    hang_timeout_s: Optional[float] = None
+    hang_timeout_s: Optional[float] = changeable(None)
     # check that every rank calls the same collective with the same shapes
-    # before it runs (torch's DETAIL debug mode): a divergence is named at
+    # before it runs (dist_train.collective_check): a divergence is named at
     # once, with both call sites, instead of hanging; costs a round trip per
     # collective (see README)
-    check_collectives: bool = False
+    check_collectives: bool = changeable(False)
 
 
 @dataclass(frozen=True)
 class WandbConfig:
     # auto: online when an API key is configured (WANDB_API_KEY or `wandb login`),
     # offline otherwise (sync later with `wandb sync`); disabled: no W&B at all
-    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    project: str = "dist-train"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: tuple[str, ...] = ()
-    name: Optional[str] = None
+    mode: Literal["auto", "online", "offline", "disabled"] = changeable("auto")
+    project: str = changeable("dist-train")
+    entity: Optional[str] = changeable(None)
+    group: Optional[str] = changeable(None)
+    tags: tuple[str, ...] = changeable(())
+    name: Optional[str] = changeable(None)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    dir: str = "runs/default"
-    progress: bool = True
+    dir: str = changeable("runs/default")
+    progress: bool = changeable(True)
     # auto: continue from the latest valid checkpoint in `dir` when there is one;
     # never: start afresh (an earlier run there is moved aside); or a checkpoint path
-    resume: str = "auto"
+    resume: str = changeable("auto")
 
 
 @dataclass(frozen=True)
@@ -246,6 +281,28 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     run: RunConfig = field(default_factory=RunConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def resume_rule(key: str) -> tuple[str, str]:
+    """The rule of a dotted key ("optim.lr", "model.init_args.width"):
+    ("refused" | "applied" | "ignored", why). KeyError for a key no section has."""
+    section, _, rest = key.partition(".")
+    name = rest.split(".")[0]
+    for outer in dataclasses.fields(Config):
+        if outer.name == section:
+            for inner in dataclasses.fields(outer.default_factory):
+                if inner.name == name:
+                    return inner.metadata["resume"], inner.metadata["why"]
+    raise KeyError(key)
+
+
+def default_value(key: str) -> Any:
+    """The default of a dotted key (the section's field), as `to_dict` writes it."""
+    section, _, rest = key.partition(".")
+    parts = to_dict(Config())[section]
+    for part in rest.split("."):
+        parts = parts[part]
+    return parts
 
 
 # ----------------------------------------------------------------- loading

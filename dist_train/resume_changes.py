@@ -1,6 +1,8 @@
 """What a resumed run may change: the stored config against the new one.
 
-Each changed key falls in one of three kinds:
+Each field of the config carries its rule (dist_train.config: `fixed`,
+`changeable`, `at_start`); this module compares and reports. Each changed
+key falls in one of three kinds:
 - `refused`: the run cannot continue with it (the model the checkpoint holds,
   the data set and its order, the loss, the optimizer's or the strategy's
   state layout). The command stops before anything in the run directory
@@ -18,27 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dist_train.config import default_value, resume_rule
 from dist_train.errors import DistTrainError
 
-# Prefixes are matched on whole dotted parts: "model" covers model.hidden_sizes.
-REFUSED: dict[str, str] = {
-    "model": "the checkpoint holds another network",
-    "data.source": "another data set", "data.path": "another data set",
-    "data.val_fraction": "another split of the data", "data.test_fraction": "another split of the data",
-    "data.split_seed": "another split of the data", "data.normalize": "inputs normalized differently",
-    "data.num_samples": "another data set", "data.num_features": "another data set",
-    "data.num_classes": "another data set",
-    "train.loss": "another loss", "train.seed": "the data order and initialization of the run",
-    "train.global_batch_size": "the position in the epoch is counted in global batches",
-    "optim.name": "the checkpoint holds another optimizer's state",
-    "strategy.zero_stage": "the checkpoint holds ZeRO state of another stage",
-    "strategy.offload_optimizer": "the checkpoint holds DeepSpeed state laid out differently",
-    "strategy.offload_params": "the checkpoint holds DeepSpeed state laid out differently",
-    "strategy.deepspeed_config": "the checkpoint holds DeepSpeed state laid out differently",
-}
-# keys of `model` that do not change the network the checkpoint holds
-APPLIED_MODEL = {"model.dropout": "applied", "model.sync_batchnorm": "applied",
-                 "model.init": "ignored", "model.init_std": "ignored"}
 NOT_COMPARED = {"run.resume", "run.dir"}
 
 
@@ -114,8 +98,8 @@ def compare(stored: dict[str, Any], new: dict[str, Any], stored_strategy: str, n
         if key in NOT_COMPARED:
             continue
         old, value = old_flat.get(key), new_flat.get(key)
-        if _same(old, value):
-            continue
+        if _same(old, value) or (key not in old_flat and _is_default(key, value)):
+            continue  # unchanged, or a key the stored (older) config did not have, at its default
         changes.append(_classify(key, old, value, old_flat, new_flat))
     layouts = ("deepspeed", "fsdp")  # each keeps its state its own way; single and ddp share one
     if any((stored_strategy == s) != (new_strategy == s) for s in layouts):
@@ -128,20 +112,25 @@ def compare(stored: dict[str, Any], new: dict[str, Any], stored_strategy: str, n
 
 
 def _classify(key: str, old: Any, new: Any, old_flat: dict, new_flat: dict) -> Change:
+    """The field's own rule (dist_train.config: fixed / changeable / at_start),
+    but for the cases that depend on other settings."""
     streamed = new_flat.get("data.source") == "shards" and new_flat.get("data.cache") == "none"
     if key in ("data.loader_workers", "data.shuffle_buffer") and streamed:
         return Change(key, old, new, "ignored", "streamed shards keep the run's stream layout")
-    if key in APPLIED_MODEL:
-        kind = APPLIED_MODEL[key]
-        return Change(key, old, new, kind, "" if kind == "applied" else "used only to initialize a new network")
     if key == "optim.weight_decay" and (old == 0) != (new == 0):
         return Change(key, old, new, "refused", "decay on or off changes the optimizer's parameter groups")
-    parts = key.split(".")
-    for i in range(len(parts), 0, -1):
-        why = REFUSED.get(".".join(parts[:i]))
-        if why is not None:
-            return Change(key, old, new, "refused", why)
-    return Change(key, old, new, "applied")
+    try:
+        kind, why = resume_rule(key)
+    except KeyError:  # a key this version no longer has
+        kind, why = "ignored", "this version has no such setting"
+    return Change(key, old, new, kind, why)
+
+
+def _is_default(key: str, value: Any) -> bool:
+    try:
+        return _same(default_value(key), value)
+    except KeyError:
+        return False
 
 
 def _same(a: Any, b: Any) -> bool:

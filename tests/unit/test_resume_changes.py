@@ -52,3 +52,31 @@ def test_the_strategy_state_layout_and_weight_decay_switching_on():
 
 def test_where_to_start_and_the_run_directory_are_not_compared():
     assert not changes("run.resume=never", "run.dir=elsewhere").changes
+
+
+def test_every_config_field_says_what_a_resume_may_do_with_it():
+    import dataclasses
+
+    from dist_train.config import Config
+    for section in dataclasses.fields(Config):
+        for item in dataclasses.fields(section.default_factory):
+            rule = item.metadata.get("resume")
+            assert rule in ("refused", "applied", "ignored"), (
+                f"{section.name}.{item.name} has no resume rule: declare it with fixed(), changeable() or at_start()")
+            if rule != "applied":
+                assert item.metadata["why"], f"{section.name}.{item.name} is {rule} without a reason"
+
+
+def test_keys_an_older_stored_config_lacks_are_no_change_at_their_default():
+    stored = to_dict(load_config(None))
+    del stored["dist"]["check_collectives"], stored["optim"]["rho"]
+    assert compare(stored, to_dict(load_config(None)), "ddp", "ddp").changes == ()
+    found = compare(stored, to_dict(load_config(None, ["dist.check_collectives=true"])), "ddp", "ddp")
+    assert [c.key for c in found.applied] == ["dist.check_collectives"]
+
+
+def test_a_key_this_version_no_longer_has_is_reported_as_having_no_effect():
+    stored = to_dict(load_config(None))
+    stored["train"]["retired_option"] = 3
+    found = compare(stored, to_dict(load_config(None)), "ddp", "ddp")
+    assert [(c.key, c.kind) for c in found.changes] == [("train.retired_option", "ignored")]
