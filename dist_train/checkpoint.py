@@ -39,7 +39,10 @@ import torch
 
 from dist_train.atomic import atomic_file
 from dist_train.comm import Comm
+from dist_train.config import CheckpointConfig
 from dist_train.errors import DistTrainError, TrainingFailed
+from dist_train.monitor import Monitor
+from dist_train.train_state import TrainState
 
 @runtime_checkable
 class Stateful(Protocol):
@@ -287,14 +290,40 @@ class Checkpointer:
     save cut short leaves no manifest, so the previous checkpoint stays the
     latest. Retention runs after each save (rank 0)."""
 
-    def __init__(self, run_dir: Path, comm: Comm, env: Any, timeout_s: float, keep_last: int = 3,
-                 progress: Any = None) -> None:
-        self.run_dir, self.comm, self.env, self.timeout_s, self.keep_last = Path(run_dir), comm, env, timeout_s, keep_last
+    def __init__(self, run_dir: Path, comm: Comm, env: Any, timeout_s: float,
+                 policy: CheckpointConfig = CheckpointConfig(), progress: Any = None) -> None:
+        self.run_dir, self.comm, self.env, self.timeout_s = Path(run_dir), comm, env, timeout_s
+        self.policy, self.keep_last = policy, policy.keep_last
+        self.kept = Monitor(policy.monitor)  # "better" for the best checkpoint retention keeps
         self.progress = progress  # called for every piece of a file written (the stall watchdog's progress)
+        self.last_step = -1  # of the checkpoint saved or loaded last
         self._side: Comm | None = None  # the saving thread's own group, made at the first save
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._last: tuple[Any, Any] = (None, None)
+
+    # ------------------------------------------------------------ what to save, what to keep
+
+    def due_after_step(self, global_step: int) -> bool:
+        """checkpoint.every_steps: a save after this optimizer step."""
+        return bool(self.policy.every_steps) and global_step % self.policy.every_steps == 0
+
+    def due_after_epoch(self, epochs_done: int) -> bool:
+        """checkpoint.every_epochs: a save after this many epochs (and their validation)."""
+        return bool(self.policy.every_epochs) and epochs_done % self.policy.every_epochs == 0
+
+    def best_to_keep(self, state: TrainState) -> int | None:
+        """The step of the checkpoint retention keeps whatever its age (checkpoint.keep_best):
+        the best by checkpoint.monitor, measured at an epoch's end. The choice is
+        remembered in `state` (checkpointed, so a resumed run keeps the same one)."""
+        value = state.last_val.get(self.policy.monitor)
+        if value is not None and state.step_in_epoch == 0 and self.kept.improves(
+                value, state.best_checkpoint[0] if state.best_checkpoint else None):
+            state.best_checkpoint = [value, state.global_step]
+        return state.best_checkpoint[1] if state.best_checkpoint and self.policy.keep_best else None
+
+    def saved(self, step: int) -> bool:
+        return self.last_step == step
 
     def path(self, step: int) -> Path:
         return checkpoint_root(self.run_dir) / f"{PREFIX}{step:08d}"
@@ -331,6 +360,7 @@ class Checkpointer:
 
         self._thread = threading.Thread(target=work, name=f"checkpoint-{step}", daemon=True)
         self._thread.start()
+        self.last_step = step
         return path
 
     def wait(self) -> None:
@@ -363,6 +393,7 @@ class Checkpointer:
                 part.load_state_dict(state)
         if parts.files is not None:
             parts.files.load_files(info.path)
+        self.last_step = info.global_step
         mine = load_file(info.path, f"rank-{self.comm.rank:05d}.pt")
         if int(info.manifest.get("world_size", -1)) != self.comm.world_size or mine is None:
             return False

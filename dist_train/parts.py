@@ -6,7 +6,6 @@ subclassing the trainer."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -25,18 +24,10 @@ from dist_train.schedules import LRSchedule
 from dist_train.strategy import Strategy, build_strategy
 from dist_train.sync_batchnorm import convert_sync_batchnorm
 from dist_train.tasks import check_task
+from dist_train.trainer import Parts
 
 #: how the Python API hands in a model of its own: (config, data) -> nn.Module
 ModelFactory = Callable[[Config, TrainData], nn.Module]
-
-
-@dataclass
-class Parts:
-    data: TrainData
-    strategy: Strategy  # the model, wrapped for training, its optimizer and precision
-    schedule: LRSchedule
-    loss_fn: LossFn
-    spec: PredictorSpec  # what predicting needs besides the weights (every checkpoint holds it)
 
 
 def build_parts(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None = None,

@@ -34,14 +34,14 @@ from dist_train.config import Config, relevant_dict
 from dist_train.distributed import process_group
 from dist_train.env import DistEnv
 from dist_train.errors import EXIT_FAILED, EXIT_OK, EXIT_RESUME, TrainingFailed
-from dist_train.parts import Parts, build_parts
+from dist_train.parts import build_parts
 from dist_train.preflight import check_job
 from dist_train.resolve import Resolved
 from dist_train.run_lock import RunDirLock
 from dist_train.stall_report import archive as archive_reports
 from dist_train.start import StartPlan, open_run_dir, plan_start
 from dist_train.tracking import NullTracker, Tracker, WandbSink
-from dist_train.trainer import FitResult, Trainer
+from dist_train.trainer import FitResult, Parts, Trainer
 from dist_train.watchdog import Watchdog
 
 #: how a run gets its parts: `build_parts`, or a test's wrapper around it

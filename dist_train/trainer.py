@@ -1,7 +1,9 @@
 """The training loop, readable top to bottom: epochs of steps with checkpoints,
 stop requests and non-finite guards; evaluation, LR plateau and early stopping
 after each epoch; the test split at the end. The parts (data, strategy,
-schedule, loss) are built elsewhere (`dist_train.parts`) and handed in.
+schedule, loss) are built elsewhere (`dist_train.parts`, which this module
+never imports) and handed in; the checkpointer decides when a save is due and
+what retention keeps; the data takes up a checkpoint's position itself.
 
 Where the loop is lives in one `TrainState`. A checkpoint taken at a step
 boundary holds everything the next step depends on, so a resumed run repeats
@@ -22,19 +24,20 @@ from torch import nn
 from dist_train.checkpoint import CheckpointInfo, CheckpointParts, Checkpointer, load_file
 from dist_train.comm import Comm
 from dist_train.config import Config, to_dict
-from dist_train.data.loader import Batch, TrainStep
+from dist_train.data.loader import Batch, TrainData, TrainStep
 from dist_train.early_stopping import BestWeights, EarlyStopping
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError, TrainingFailed
 from dist_train.metrics import RunningMean, evaluate
 from dist_train.monitor import Monitor
 from dist_train.optim import apply_hyperparameters
-from dist_train.parts import Parts, build_parts
-from dist_train.predictor import Predictor
-from dist_train.resolve import Resolved, resolve
+from dist_train.losses import LossFn
+from dist_train.predictor import Predictor, PredictorSpec
+from dist_train.resolve import Resolved
 from dist_train.rng import RankStreams
 from dist_train.stop_request import StopRequest
-from dist_train.strategy import StrategyWeights
+from dist_train.schedules import LRSchedule
+from dist_train.strategy import Strategy, StrategyWeights
 from dist_train.tasks import METRICS
 from dist_train.tracking import NullTracker, Tracker
 from dist_train.train_state import TrainState
@@ -43,6 +46,18 @@ from dist_train.watchdog import WARMUP_STEPS, NoWatchdog
 EVAL_BATCH_SIZE = 1024
 # fp16 overflow skips in a row before the job stops as diverged (the scale would underflow)
 MAX_OVERFLOW_SKIPS = 50
+
+
+@dataclass
+class Parts:
+    """What the loop is handed, built from the config by `dist_train.parts`
+    (tests and tools build their own)."""
+
+    data: TrainData
+    strategy: Strategy  # the model, wrapped for training, its optimizer and precision
+    schedule: LRSchedule
+    loss_fn: LossFn
+    spec: PredictorSpec  # what predicting needs besides the weights (every checkpoint holds it)
 
 
 class EpochEnd(enum.Enum):
@@ -93,22 +108,14 @@ class Trainer:
         # the metric whose best value the logs carry: early stopping's, else the checkpoints'
         es = cfg.early_stopping
         self.logged = Monitor(es.monitor, es.mode) if es.enabled else Monitor(cfg.checkpoint.monitor)
-        self.kept = Monitor(cfg.checkpoint.monitor)  # the best checkpoint retention keeps
-        self.checkpointer = (Checkpointer(run_dir, self.comm, env, cfg.dist.timeout_s, cfg.checkpoint.keep_last,
+        # when to save and what to keep: the checkpointer decides (None: no checkpoints)
+        self.checkpointer = (Checkpointer(run_dir, self.comm, env, cfg.dist.timeout_s, cfg.checkpoint,
                                           progress=self.watchdog.beat)
-                             if run_dir is not None else None)  # None: no checkpoints
-        self.last_saved_step = -1
+                             if run_dir is not None else None)
         self.last_grad_norm = torch.zeros(())
         self.overflow_skips = 0  # consecutive fp16 overflow skips
         self.previous_world_size: int | None = None  # of the checkpoint restored
         self._config_record = to_dict(cfg)  # in every manifest: what a resume compares
-
-    @classmethod
-    def build(cls, cfg: Config, env: DistEnv, data: Any = None, **kwargs: Any) -> "Trainer":
-        """Parts from the config (and `data`, when given), then the trainer."""
-        resolved = resolve(cfg, env.world_size)
-        comm = kwargs.pop("comm", None) or Comm.of(env)
-        return cls(cfg, env, resolved, build_parts(cfg, env, resolved, comm, data), comm, **kwargs)
 
     def attach_tracker(self, tracker: Tracker) -> None:
         """Where records go from now on (made after the parts were built and the
@@ -148,7 +155,7 @@ class Trainer:
                             best=self.early_stopping.best, best_epoch=self.early_stopping.best_epoch)
             if early_stopped or end is EpochEnd.MAX_STEPS or s.epoch >= t.epochs:
                 break  # the final checkpoint, after the test split, follows
-            if self.cfg.checkpoint.every_epochs and s.epoch % self.cfg.checkpoint.every_epochs == 0:
+            if self.checkpointer and self.checkpointer.due_after_epoch(s.epoch):
                 self.save_checkpoint()
         if self.early_stopping.restore(self.strategy.model):
             tracker.log("restore_best", epoch=self.early_stopping.best_epoch, best=self.early_stopping.best)
@@ -194,7 +201,7 @@ class Trainer:
             checked = s.global_step % cfg.train.stop_check_every_steps == 0
             if checked and self._stop_agreed():
                 return EpochEnd.STOP, samples
-            if cfg.checkpoint.every_steps and s.global_step % cfg.checkpoint.every_steps == 0:
+            if self.checkpointer and self.checkpointer.due_after_step(s.global_step):
                 self.save_checkpoint()
             if cfg.train.max_steps is not None and s.global_step >= cfg.train.max_steps:
                 return EpochEnd.MAX_STEPS, samples
@@ -296,7 +303,7 @@ class Trainer:
         s = self.state
         by = self.stop.signal_name or "another rank"
         self.tracker.log("stop", epoch=s.epoch, step=s.global_step, signal=by)
-        if self.last_saved_step != s.global_step:
+        if self.checkpointer and not self.checkpointer.saved(s.global_step):
             self.save_checkpoint()
         self.wait_for_checkpoint()
         return FitResult(self._predictor(), s.global_step, s.last_val, stopped=True, stopped_by=by)
@@ -325,11 +332,8 @@ class Trainer:
         """Collective. Rank 0 writes the shared files; each rank its own state."""
         if self.checkpointer is None:
             return None
-        s, ck = self.state, self.cfg.checkpoint
-        value = s.last_val.get(ck.monitor)
-        if value is not None and s.step_in_epoch == 0 and self.kept.improves(
-                value, s.best_checkpoint[0] if s.best_checkpoint else None):
-            s.best_checkpoint = [value, s.global_step]
+        s = self.state
+        keep = self.checkpointer.best_to_keep(s)
         # logged first, so the line count the checkpoint keeps includes it
         self.tracker.log("checkpoint", epoch=s.epoch, step=s.global_step, finished=s.finished)
         info = {"epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "finished": s.finished,
@@ -339,11 +343,9 @@ class Trainer:
                 "metrics_lines": self.tracker.lines, "wandb_run_id": self.tracker.run_id}
         if hasattr(self.data.train, "layout"):  # what a resume on another number of workers streams with
             info["stream_layout"] = self.data.train.layout.state()
-        keep = s.best_checkpoint[1] if s.best_checkpoint and ck.keep_best else None
         phase, self.watchdog.phase = self.watchdog.phase, f"saving the checkpoint of step {s.global_step}"
         path = self.checkpointer.save(s.global_step, self.checkpoint_parts(), info, keep)
         self.watchdog.phase = phase
-        self.last_saved_step = s.global_step
         return path
 
     def wait_for_checkpoint(self) -> None:
@@ -357,11 +359,6 @@ class Trainer:
         s = self.state
         checkpointer = self.checkpointer or Checkpointer(info.path.parent.parent, self.comm, self.env,
                                                          self.cfg.dist.timeout_s)
-        stored = (info.manifest.get("config") or {}).get("data", {})
-        if hasattr(self.data.train, "layout"):  # streamed shards: as the run streamed them, on any number of workers
-            from dist_train.data.stream import StreamLayout
-
-            self.data.train.load_state_dict({"layout": StreamLayout.of_checkpoint(info.manifest).state()})
         try:
             own = checkpointer.load(info, self.checkpoint_parts())
         except (RuntimeError, KeyError) as exc:  # shapes or keys that do not fit what this config builds
@@ -370,7 +367,8 @@ class Trainer:
                                  f"({first}); resume with the config it was saved with, or pass --fresh") from None
         # a changed optim.* applies from here on
         apply_hyperparameters(self.strategy.optimizer, self.cfg.optim, self.env.device)
-        self.last_saved_step = s.global_step
+        # the data takes up the run's position (its stream layout, or the epoch again in another order)
+        s.step_in_epoch = self.data.train.resume_at(info.manifest, s.step_in_epoch)
         self.previous_world_size, s.world_size = s.world_size, self.env.world_size
         if not own:
             # A different number of workers: the sample order continues (it is a
@@ -382,11 +380,6 @@ class Trainer:
         # the schedule spans the run's epochs as its data plan counts them (a stream layout may count them differently)
         total = self.cfg.train.epochs * self.data.train.steps_per_epoch
         self.schedule.total_steps = max(min(total, self.cfg.train.max_steps or total), 1)
-        if (self.cfg.data.source == "shards" and s.step_in_epoch
-                and (stored.get("cache", "none") == "none") != (self.cfg.data.cache == "none")):
-            # cached shards follow the in-memory plan, streamed ones their streams: another order of the same
-            # samples, so the interrupted epoch starts again (no sample twice in it)
-            s.step_in_epoch = 0
 
     def log_resume(self, info: CheckpointInfo, changed: dict[str, Any] | None = None) -> None:
         """The `resume` record (after `attach_tracker`): where from, and the

@@ -30,9 +30,21 @@ from dist_train.losses import build_loss
 from dist_train.metrics import evaluate
 from dist_train.models import build_model
 from dist_train.parts import build_parts
+from dist_train.resolve import resolve
 from dist_train.run import run
+from dist_train.trainer import Trainer
 from tests.conftest import REPO
 from tests.multiproc import kill_tree
+
+
+# ------------------------------------------------------------ a trainer from a config
+# integration and benchmarks: what dist_train.run builds, without a run directory unless given
+
+def build_trainer(cfg, env, data=None, **kwargs) -> Trainer:
+    """Parts from the config (and `data`, when given), then the trainer."""
+    resolved = resolve(cfg, env.world_size)
+    comm = kwargs.pop("comm", None) or Comm.of(env)
+    return Trainer(cfg, env, resolved, build_parts(cfg, env, resolved, comm, data), comm, **kwargs)
 
 
 # ------------------------------------------------------------ stopping a run, comparing runs

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dist_train.config import DataConfig
-from dist_train.data.loader import Batch, TrainStep, device_feed, reader_context, start_readers
+from dist_train.data.loader import Batch, PlannedLoader, TrainStep, device_feed, reader_context, start_readers
 from dist_train.data.normalization import Normalizer, Stats, streamed_stats
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
 from dist_train.data.sources import InputSpec
@@ -159,13 +159,9 @@ class CustomData:
             yield self.batch(x, y)
 
 
-class CustomLoader:
+class CustomLoader(PlannedLoader):
     def __init__(self, data: CustomData, plan: ShardedBatchPlan) -> None:
         self.data, self.plan = data, plan
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.plan.steps_per_epoch
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainStep]:
         on_device = lambda b: self.data.batch(b.inputs, b.targets)  # noqa: E731 - normalized on the device

@@ -40,6 +40,13 @@ class TrainLoader(Protocol):
         (seed, epoch, the job's shape), which is how a checkpoint resumes mid-epoch."""
         ...
 
+    def resume_at(self, manifest: dict[str, Any], step_in_epoch: int) -> int:
+        """Take the position of the checkpoint `manifest` describes (interrupted
+        after `step_in_epoch` steps of its epoch); return the step of that epoch
+        this loader continues at: that one, or 0 when it walks the samples in
+        another order than the run did (no sample twice in one epoch)."""
+        ...
+
 
 class TrainData(Protocol):
     """What the trainer reads from any data source: in-memory splits walked by
@@ -134,7 +141,33 @@ def _arrived(step: TrainStep, side: Any) -> TrainStep:
     return step
 
 
-class InMemoryLoader:
+def ran_streamed(manifest: dict[str, Any]) -> bool | None:
+    """Whether the run that wrote a checkpoint streamed its shards (in the
+    streams' order) rather than walking a sharding plan over samples in memory;
+    None when its manifest does not say."""
+    data = (manifest.get("config") or {}).get("data")
+    if not data:
+        return None
+    return data.get("source") == "shards" and data.get("cache", "none") == "none"
+
+
+class PlannedLoader:
+    """A training split walked by a `ShardedBatchPlan` (in memory, or a custom
+    dataset's items fetched): the order is a function of the seed, the epoch and
+    the global batch, so a run resumed on any number of workers continues
+    mid-epoch, unless the run streamed its shards instead."""
+
+    plan: ShardedBatchPlan
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch
+
+    def resume_at(self, manifest: dict[str, Any], step_in_epoch: int) -> int:
+        return 0 if ran_streamed(manifest) else step_in_epoch
+
+
+class InMemoryLoader(PlannedLoader):
     """The training split in memory, walked by a `ShardedBatchPlan`: on the
     device (batches are cut there), or in host memory (`on_host`: batches are
     cut on the host and fed to the device ahead of their step)."""
@@ -145,10 +178,6 @@ class InMemoryLoader:
         if on_host and device.startswith("cuda"):
             self.inputs, self.targets = self.inputs.pin_memory(), self.targets.pin_memory()
         self.plan, self.device, self.on_host = plan, device, on_host
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.plan.steps_per_epoch
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainStep]:
         steps = self._steps(epoch, start_step)

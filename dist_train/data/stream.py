@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dist_train.stop_request import ignore_stop_signals
 from dist_train.comm import Comm
 from dist_train.config import DataConfig
-from dist_train.data.loader import Batch, TrainStep, device_feed, reader_context, start_readers
+from dist_train.data.loader import Batch, TrainStep, device_feed, ran_streamed, reader_context, start_readers
 from dist_train.data.normalization import Normalizer
 from dist_train.data.sampler import even_slices
 from dist_train.data.shards import SPLITS, Manifest, iter_blocks, load_manifest, verify_shard
@@ -183,6 +183,13 @@ class ShardTrainLoader:
     def load_state_dict(self, state: dict) -> None:
         streams, readers, buffer = state["layout"]
         self.layout = StreamLayout(int(streams), int(readers), int(buffer))
+
+    def resume_at(self, manifest: dict, step_in_epoch: int) -> int:
+        """As the run streamed, on any number of workers; a run that kept its
+        shards in memory (data.cache) walked them in another order: the
+        interrupted epoch starts again."""
+        self.layout = StreamLayout.of_checkpoint(manifest)
+        return 0 if ran_streamed(manifest) is False else step_in_epoch
 
     def plan(self, epoch: int) -> EpochPlan:
         shards = self.manifest.splits["train"]

@@ -41,8 +41,7 @@ def main() -> int:
     from dist_train.data.sources import Split, Splits
     from dist_train.env import DistEnv
     from dist_train.models import count_parameters
-    from dist_train.resolve import resolve
-    from dist_train.trainer import Trainer
+    from tests.helpers import build_trainer
 
     torch.set_num_threads(1)
     env = DistEnv()
@@ -54,7 +53,7 @@ def main() -> int:
         cfg = load_config(None, [f"model.hidden_sizes={hidden}", "train.global_batch_size=128", "dist.device=cpu",
                                  f"run.dir={root}", "checkpoint.keep_last=1", "checkpoint.keep_best=false"])
         data = InMemoryData(Splits(split, split, split, (1, 28, 28), 10), env, 128, 1, 0, False)
-        trainer = Trainer.build(cfg, env, data=data, run_dir=root)
+        trainer = build_trainer(cfg, env, data=data, run_dir=root)
         steps = iter(trainer.data.train.epoch(0))
 
         def one_step():

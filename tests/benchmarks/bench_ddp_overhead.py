@@ -64,8 +64,7 @@ def worker(args: argparse.Namespace) -> None:
     from dist_train.distributed import process_group
     from dist_train.env import DistEnv
     from dist_train.models import build_model
-    from dist_train.resolve import resolve
-    from dist_train.trainer import Trainer
+    from tests.helpers import build_trainer
 
     env = DistEnv.from_env(device="cpu")
     torch.set_num_threads(1)
@@ -95,7 +94,7 @@ def worker(args: argparse.Namespace) -> None:
                          "dist.device=cpu", "data.normalize=none"]
             cfg = load_config(None, overrides)
             data = InMemoryData(splits, env, B, 1, cfg.train.seed, drop_last=False)
-            trainer = Trainer.build(cfg, env, data=data)
+            trainer = build_trainer(cfg, env, data=data)
 
             torch.manual_seed(0)
             model = build_model(cfg.model, (784,), 10)

@@ -61,9 +61,9 @@ def live_tensor_bytes(model=None, oversized: int | None = None) -> tuple[int, in
             if not isinstance(obj, torch.Tensor) or obj.device.type != "cpu":
                 continue
             storage = obj.untyped_storage()
-        except Exception:  # noqa: BLE001 - objects half torn down, meta tensors
+            key = storage.data_ptr()
+        except Exception:  # noqa: BLE001 - objects half torn down, meta tensors, storages freed (FSDP's unsharded)
             continue
-        key = storage.data_ptr()
         if key and key not in seen:
             seen.add(key)
             total += storage.nbytes()
@@ -85,13 +85,12 @@ def measure(env, overrides, steps):
     import torch.distributed as dist
 
     from dist_train.config import load_config
-    from dist_train.resolve import resolve
-    from dist_train.trainer import Trainer
+    from tests.helpers import build_trainer
 
     cfg = load_config(None, ["data.source=synthetic", "data.num_samples=1000", "data.num_features=784",
                              "data.num_classes=10", f"model.hidden_sizes={HIDDEN}", "optim.name=adam",
                              "train.global_batch_size=64", "dist.device=cpu", "data.normalize=none", *overrides])
-    trainer = Trainer.build(cfg, env)
+    trainer = build_trainer(cfg, env)
     params = sum(p.numel() for p in trainer.strategy.model.parameters())
     if cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3:
         params = sum(p.ds_numel for p in trainer.strategy.model.parameters())

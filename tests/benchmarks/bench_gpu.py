@@ -47,12 +47,12 @@ def sync(device: str) -> None:
 def trainer_for(data_path: str, device: str, overrides: list[str]):
     from dist_train.config import load_config
     from dist_train.env import DistEnv
-    from dist_train.trainer import Trainer
+    from tests.helpers import build_trainer
 
     cfg = load_config(REPO / "configs/fashion_mnist_mlp.yaml",
                       [f"data.path={data_path}", "data.cache=device", f"dist.device={device}", "wandb.mode=disabled",
                        *overrides])
-    return Trainer.build(cfg, DistEnv.from_env({}, device=device)), cfg
+    return build_trainer(cfg, DistEnv.from_env({}, device=device)), cfg
 
 
 def hand_loop(trainer, cfg, device: str, precision: str, fused: bool = True):

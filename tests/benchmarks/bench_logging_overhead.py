@@ -43,9 +43,8 @@ def main() -> int:
     from dist_train.data.loader import InMemoryData
     from dist_train.data.sources import Split, Splits
     from dist_train.env import DistEnv
-    from dist_train.resolve import resolve
     from dist_train.tracking import Progress, Tracker, WandbSink
-    from dist_train.trainer import Trainer
+    from tests.helpers import build_trainer
 
     torch.set_num_threads(1)
     env = DistEnv.from_env({}, device=args.device)
@@ -73,7 +72,7 @@ def main() -> int:
             tracker = Tracker(None, console=None)
         trackers.append(tracker)
         data = InMemoryData(Splits(split, split, split, (784,), 10), env, 64, 1, 0, False)
-        trainers[name] = Trainer.build(cfg, env, data=data, tracker=tracker)
+        trainers[name] = build_trainer(cfg, env, data=data, tracker=tracker)
     rates: dict[str, list[float]] = {name: [] for name in trainers}
     for name in trainers:  # warm-up
         trainers[name].train_epoch()

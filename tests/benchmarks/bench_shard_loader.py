@@ -82,8 +82,7 @@ def consumption_worker(out: str, samples: int) -> None:
     from dist_train.data.sources import Split, Splits
     from dist_train.distributed import process_group
     from dist_train.env import DistEnv
-    from dist_train.resolve import resolve
-    from dist_train.trainer import Trainer
+    from tests.helpers import build_trainer
 
     env = DistEnv.from_env(device="cpu")
     torch.set_num_threads(1)
@@ -96,7 +95,7 @@ def consumption_worker(out: str, samples: int) -> None:
             cfg = load_config(None, [f"model.hidden_sizes={hidden}", f"train.global_batch_size={GLOBAL_BATCH}",
                                      "dist.device=cpu", "model.dropout=0.2"])
             data = InMemoryData(splits, env, GLOBAL_BATCH, 1, 0, False)
-            trainer = Trainer.build(cfg, env, data=data)
+            trainer = build_trainer(cfg, env, data=data)
             rates = []
             for epoch in range(4):
                 dist.barrier()

@@ -73,13 +73,14 @@ def measure(env, overrides, steps):
     from dist_train.config import load_config
     from dist_train.distributed import process_group
     from dist_train.trainer import Trainer
+    from tests.helpers import build_trainer
     from tests.benchmarks.bench_deepspeed_memory import HIDDEN, live_tensor_bytes
 
     cfg = load_config(None, ["data.source=synthetic", "data.num_samples=1000", "data.num_features=784",
                              "data.num_classes=10", f"model.hidden_sizes={HIDDEN}", "optim.name=adam",
                              "train.global_batch_size=64", "dist.device=cpu", "data.normalize=none", *overrides])
     with process_group(env, 900, group_of_one=True):
-        trainer = Trainer.build(cfg, env)
+        trainer = build_trainer(cfg, env)
         model = trainer.strategy.model
         params = sum(getattr(p, "ds_numel", None) or (p.full_tensor().numel() if hasattr(p, "full_tensor")
                                                          else p.numel()) for p in model.parameters())
@@ -157,7 +158,7 @@ def speed_worker(args: argparse.Namespace) -> None:
             for strategy in ("ddp", "fsdp"):
                 cfg = load_config(None, [f"model.hidden_sizes={sizes}", "optim.name=adam", f"train.global_batch_size={B}",
                                          "dist.device=cpu", "data.normalize=none", f"strategy.name={strategy}"])
-                trainers[strategy] = Trainer.build(cfg, env, data=InMemoryData(splits, env, B, 1, 0, drop_last=False))
+                trainers[strategy] = build_trainer(cfg, env, data=InMemoryData(splits, env, B, 1, 0, drop_last=False))
 
             def epoch(trainer: Trainer, e: int) -> float:
                 trainer.state.epoch, trainer.state.step_in_epoch = e, 0

@@ -77,6 +77,7 @@ def worker(args: argparse.Namespace) -> None:
     from dist_train.distributed import process_group
     from dist_train.env import DistEnv
     from dist_train.trainer import Trainer
+    from tests.helpers import build_trainer
     from dist_train.watchdog import Watchdog
 
     env = DistEnv.from_env(device="cpu")
@@ -98,7 +99,7 @@ def worker(args: argparse.Namespace) -> None:
                     collective_check.start(env.rank, env.world_size)  # before DDP: it registers the checking hook
                 data = InMemoryData(splits, env, B, 1, cfg.train.seed, drop_last=False)
                 wd = Watchdog(cfg.dist, False, env, Path("/tmp/bench-watchdog")) if watchdog else None
-                return Trainer.build(cfg, env, data=data, watchdog=wd)
+                return build_trainer(cfg, env, data=data, watchdog=wd)
 
             trainers = {"off": make(False, False), "watchdog": make(True, False)}
             trainers["checked"] = make(True, True)  # from here on torch.distributed's collectives are checked

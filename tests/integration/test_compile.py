@@ -6,7 +6,7 @@ import torch
 
 from dist_train.config import load_config
 from dist_train.env import DistEnv
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 
 pytestmark = pytest.mark.slow  # tens of seconds of compiling on 2 cores
 
@@ -16,7 +16,7 @@ def test_a_compiled_model_trains_as_the_plain_one_and_keeps_its_state_dict_keys(
     for compiled in (False, True):
         cfg = load_config(None, ["data.source=synthetic", "data.num_samples=300", "train.epochs=2", "model.dropout=0.0",
                                  "model.hidden_sizes=[16]", "dist.device=cpu", f"train.compile={str(compiled).lower()}"])
-        trainer = Trainer.build(cfg, DistEnv())
+        trainer = build_trainer(cfg, DistEnv())
         result = trainer.fit()
         results[compiled] = {k: v.detach().clone() for k, v in result.network.state_dict().items()}
         if compiled:

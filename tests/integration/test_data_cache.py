@@ -12,7 +12,7 @@ from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.env import DistEnv
 from dist_train.errors import EXIT_RESUME
 from dist_train.run import run
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.conftest import REPO
 from tests.helpers import final_state, indexed_dataset, sigterm_at
 from tests.multiproc import run_workers, to_numpy
@@ -32,7 +32,7 @@ def cached_indices(env, path):
     cfg = load_config(None, ["data.source=shards", f"data.path={path}", "data.normalize=none", "data.cache=host",
                              "data.loader_workers=3", "train.global_batch_size=64", "train.grad_accum_steps=2",
                              "dist.device=cpu"])
-    data = Trainer.build(cfg, env).data
+    data = build_trainer(cfg, env).data
     epochs = [[([int(v) for b in s.micro_batches for v in b.inputs[:, 0].tolist()], s.global_count)
                for s in data.train.epoch(e)] for e in range(2)]
     evals = {split: [int(v) for b in data.eval_batches(split, 16) for v in b.inputs[:, 0].tolist()]
@@ -56,7 +56,7 @@ def test_cached_shards_use_every_sample_once_per_epoch(tmp_path):
 
 
 def weights(env, overrides):
-    result = Trainer.build(load_config(None, [*SMALL, *overrides]), env).fit()
+    result = build_trainer(load_config(None, [*SMALL, *overrides]), env).fit()
     return {"weights": {k: v.detach().clone() for k, v in result.network.state_dict().items()}, "test": result.test}
 
 

@@ -11,7 +11,7 @@ import torch
 
 from dist_train.checkpoint import find_latest_valid, verify_checkpoint
 from dist_train.config import load_config
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.helpers import DEEPSPEED_BASE as BASE, events, stop_and_resume
 from tests.multiproc import run_workers, to_numpy
 
@@ -24,14 +24,14 @@ STAGES = [0, 1, 2, 3]
 
 def final_weights(env, overrides):
     cfg = load_config(None, BASE + overrides)
-    trainer = Trainer.build(cfg, env)
+    trainer = build_trainer(cfg, env)
     trainer.fit()
     return to_numpy(trainer.strategy.model_state_dict())  # gathered under ZeRO-3
 
 
 def every_stage(env, accum):
     cfg = load_config(None, BASE + ["strategy.name=ddp"])
-    init = to_numpy(Trainer.build(cfg, env).strategy.model_state_dict())
+    init = to_numpy(build_trainer(cfg, env).strategy.model_state_dict())
     ddp = final_weights(env, ["strategy.name=ddp"])
     return init, ddp, {stage: final_weights(env, ["strategy.name=deepspeed", f"strategy.zero_stage={stage}",
                                             f"train.grad_accum_steps={accum}"]) for stage in STAGES}

@@ -7,8 +7,7 @@ import torch
 
 from dist_train.config import load_config
 from dist_train.env import DistEnv
-from dist_train.resolve import resolve
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.multiproc import run_workers, to_numpy
 
 # 150 samples with B=32: the last step of each epoch holds 22 samples, so the
@@ -31,7 +30,7 @@ CASES = {
 
 def train_weights(env: DistEnv, overrides: list[str]) -> dict:
     cfg = load_config(None, BASE + overrides)
-    result = Trainer.build(cfg, env).fit()
+    result = build_trainer(cfg, env).fit()
     return {k: v.detach().clone() for k, v in result.network.state_dict().items()}
 
 
@@ -60,7 +59,7 @@ def test_two_workers_match_one_process_for_every_optimizer(single_process, accum
 def micro_step_gradients(env: DistEnv) -> dict:
     """Gradients after a micro-step that must not communicate, then after one that must."""
     cfg = load_config(None, BASE)
-    trainer = Trainer.build(cfg, env)
+    trainer = build_trainer(cfg, env)
     strategy = trainer.strategy
     x = torch.full((4, 12), float(env.rank + 1))  # different data on each rank
     y = torch.zeros(4, dtype=torch.long)

@@ -18,7 +18,7 @@ from dist_train.data.sources import build_splits
 from dist_train.env import DistEnv
 from dist_train.errors import TrainingFailed
 from dist_train.resolve import resolve
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.conftest import REPO
 from tests.multiproc import run_workers
 
@@ -40,7 +40,7 @@ def nan_worker(env, mode, run_dir, strategy=()):
              if any(17 in m.tolist() for s in ShardedBatchPlan(len(splits.train), 32, env.world_size, r, 0).epoch(0)
                     for m in s.micro_indices)]
     tracker = Tracker(Path(run_dir), console=None) if env.is_rank0 else None
-    trainer = Trainer.build(cfg, env, data=data, tracker=tracker, run_dir=Path(run_dir))
+    trainer = build_trainer(cfg, env, data=data, tracker=tracker, run_dir=Path(run_dir))
     try:
         result = trainer.fit()
         outcome = ("finished", result.steps)

@@ -14,7 +14,7 @@ from dist_train.config import load_config
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
 from dist_train.run import run
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.helpers import sigterm_at
 from tests.multiproc import run_workers, to_numpy
 
@@ -35,7 +35,7 @@ def trained(env, optimizer, *extra):
 
     cfg = load_config(None, [*BASE, *OPTIMIZERS[optimizer], *HARD, *extra])
     with process_group(env, 60, group_of_one=True):  # fsdp needs a group, one process's too (run() makes it)
-        result = Trainer.build(cfg, env).fit()
+        result = build_trainer(cfg, env).fit()
     return {"weights": {k: v.detach().clone() for k, v in result.network.state_dict().items()}, "test": result.test}
 
 

@@ -7,7 +7,7 @@ import torch
 
 from dist_train.config import load_config
 from dist_train.env import DistEnv
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.conftest import REPO
 
 
@@ -21,7 +21,7 @@ def test_cuda_training_matches_cpu_training():
     for device in ("cpu", "cuda"):
         cfg = load_config(None, overrides + [f"dist.device={device}"])
         env = DistEnv.from_env({}, device=device)
-        model = Trainer.build(cfg, env).fit().network
+        model = build_trainer(cfg, env).fit().network
         results[device] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     for key, value in results["cpu"].items():
         assert torch.allclose(value, results["cuda"][key], atol=1e-4), key
@@ -39,7 +39,7 @@ def precision_accuracies(env, config):
                     continue
             cfg = load_config(config, ["run.progress=false", "wandb.mode=disabled", "dist.device=cuda",
                                        f"strategy.name={strategy}", f"train.precision={precision}"])
-            out[(strategy, precision)] = Trainer.build(cfg, env).fit().test["accuracy"]
+            out[(strategy, precision)] = build_trainer(cfg, env).fit().test["accuracy"]
     return out
 
 
@@ -57,7 +57,7 @@ def test_bf16_and_fp16_reach_the_fp32_accuracy_band_under_ddp_and_deepspeed(conf
 def trained_on(device, overrides):
     cfg = load_config(None, ["data.source=synthetic", "train.epochs=2", "model.hidden_sizes=[16]", "model.dropout=0.0",
                              f"dist.device={device}", *overrides])
-    model = Trainer.build(cfg, DistEnv.from_env({}, device=device)).fit().network
+    model = build_trainer(cfg, DistEnv.from_env({}, device=device)).fit().network
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 

@@ -13,7 +13,7 @@ from dist_train.config import load_config
 from dist_train.env import DistEnv
 from dist_train.run import run
 from dist_train.parts import build_parts
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.conftest import REPO
 from tests.helpers import SMALL_FP16, final_state, sigterm_at
 from tests.multiproc import run_workers
@@ -25,7 +25,7 @@ DIGITS = ["run.progress=false", "train.epochs=12", "wandb.mode=disabled", "dist.
 def test_accuracy(env, precision, strategy):
     cfg = load_config(f"{REPO}/configs/quickstart.yaml", DIGITS + [f"train.precision={precision}",
                                                                    f"strategy.name={strategy}"])
-    result = Trainer.build(cfg, env).fit()
+    result = build_trainer(cfg, env).fit()
     return result.test["accuracy"]
 
 

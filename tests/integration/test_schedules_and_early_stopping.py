@@ -10,7 +10,7 @@ import torch
 
 from dist_train.config import load_config
 from dist_train.env import DistEnv
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.multiproc import run_workers
 
 
@@ -22,7 +22,7 @@ OVERRIDES = ["data.source=synthetic", "data.num_samples=400", "data.num_features
 
 def early_stopping_worker(env):
     cfg = load_config(None, OVERRIDES)
-    trainer = Trainer.build(cfg, env)
+    trainer = build_trainer(cfg, env)
     result = trainer.fit()
     best = trainer.early_stopping.best_weights
     restored = all(torch.equal(v, best[k]) for k, v in result.network.state_dict().items())

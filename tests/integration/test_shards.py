@@ -12,7 +12,7 @@ from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.data.stream import ShardData, open_manifest
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.conftest import REPO
 from tests.helpers import corrupt, data_cfg, indexed_dataset
 from tests.multiproc import run_workers
@@ -89,6 +89,6 @@ def test_training_on_shards_matches_the_in_memory_accuracy_band(tmp_path):
     for source in ("digits", "shards"):
         extra = [f"data.path={tmp_path / 'digits'}", "data.loader_workers=0"] if source == "shards" else []
         cfg = load_config(f"{REPO}/configs/quickstart.yaml", [f"data.source={source}", "train.epochs=20", *extra])
-        accuracies[source] = Trainer.build(cfg, DistEnv()).fit().test["accuracy"]
+        accuracies[source] = build_trainer(cfg, DistEnv()).fit().test["accuracy"]
     assert accuracies["digits"] >= 0.94 and accuracies["shards"] >= 0.94
     assert abs(accuracies["digits"] - accuracies["shards"]) <= 0.02

@@ -12,7 +12,7 @@ from torch import nn
 from dist_train.config import load_config
 from dist_train.env import DistEnv
 from dist_train.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from tests.conftest import REPO
 from tests.helpers import CHANNELS, affine_init
 from tests.multiproc import run_workers, to_numpy
@@ -234,7 +234,7 @@ CNN = ["model.sync_batchnorm={}", "train.max_steps=8", "train.grad_accum_steps=1
 def cnn_weights(env, sync, accum=1):
     cfg = load_config(f"{REPO}/configs/digits_cnn.yaml",
                       [CNN[0].format(str(sync).lower()), *CNN[1:], f"train.grad_accum_steps={accum}"])
-    model = Trainer.build(cfg, env).fit().network
+    model = build_trainer(cfg, env).fit().network
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

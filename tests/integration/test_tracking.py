@@ -58,13 +58,13 @@ def test_the_progress_bar_moves_every_step_even_when_no_record_is_written(tmp_pa
     import io
 
     from dist_train.tracking import Progress, Tracker
-    from dist_train.trainer import Trainer
+    from tests.helpers import build_trainer
 
     cfg = load_config(None, [*SMALL_WANDB, "wandb.mode=disabled", "train.log_every_steps=1000"])
     tracker = Tracker(tmp_path, console=io.StringIO(), progress=True)
     drawn = io.StringIO()
     tracker.progress = Progress(drawn)
-    trainer = Trainer.build(cfg, DistEnv(), tracker=tracker)
+    trainer = build_trainer(cfg, DistEnv(), tracker=tracker)
     trainer.train_epoch()
     assert tracker.progress.steps == trainer.data.train.steps_per_epoch == 7
     assert "step" in drawn.getvalue()  # and the bar was drawn

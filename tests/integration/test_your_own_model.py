@@ -15,7 +15,7 @@ from dist_train.config import load_config
 from dist_train.env import DistEnv
 from dist_train.errors import EXIT_RESUME
 from dist_train.run import run
-from dist_train.trainer import Trainer
+from tests.helpers import build_trainer
 from launcher.tools.check import run_checks
 from tests.conftest import REPO
 from tests.helpers import assert_same_final_state, final_state, sigterm_at
@@ -32,7 +32,7 @@ USER = ["data.source=custom", f"data.class_path={DATA}:make_splits", "data.loade
 
 def trained(env, overrides):
     cfg = load_config(None, [*USER, *overrides])
-    result = Trainer.build(cfg, env).fit()
+    result = build_trainer(cfg, env).fit()
     return {"weights": {k: v.detach().clone() for k, v in result.network.state_dict().items()}, "test": result.test}
 
 
@@ -75,7 +75,7 @@ def test_resume_is_bit_exact_mid_epoch_for_a_user_model_and_a_custom_dataset(tmp
 def epoch_indices(env, loader_workers, accum):
     cfg = load_config(None, [*USER, "data.normalize=none", f"data.loader_workers={loader_workers}",
                              f"train.grad_accum_steps={accum}", "data.init_args={tag_index: true}"])
-    data = Trainer.build(cfg, env).data
+    data = build_trainer(cfg, env).data
     epochs = []
     for epoch in range(2):
         steps = [([int(v) for b in s.micro_batches for v in b.inputs[:, 0].tolist()], s.global_count)
@@ -100,7 +100,7 @@ def test_every_sample_once_per_epoch_with_a_ragged_last_batch(loader_workers, ac
 
 def test_getitems_fetches_a_whole_micro_batch():
     cfg = load_config(None, [*USER, "train.grad_accum_steps=2", "data.normalize=none"])
-    data = Trainer.build(cfg, DistEnv()).data
+    data = build_trainer(cfg, DistEnv()).data
     before = data.train_set.getitems_calls
     steps = list(data.train.epoch(0))
     assert data.train_set.getitems_calls - before == sum(len(s.micro_batches) for s in steps) == 14
@@ -111,7 +111,7 @@ def regression(env):
                              "model.hidden_sizes=[16]", "train.global_batch_size=32", "train.epochs=3",
                              "optim.lr=0.01", "dist.device=cpu", "early_stopping.enabled=true",
                              "early_stopping.monitor=val_r2", "schedule.name=plateau", "schedule.monitor=val_mae"])
-    result = Trainer.build(cfg, env).fit()
+    result = build_trainer(cfg, env).fit()
     return {"weights": dict(result.network.state_dict()), "val": result.val, "test": result.test}
 
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from dist_train.checkpoint import MANIFEST, apply_retention, find_latest_valid
+from dist_train.checkpoint import MANIFEST, Checkpointer, apply_retention, find_latest_valid
+from dist_train.comm import Comm
+from dist_train.env import DistEnv
 from dist_train.rng import rng_state, set_rng_state
 from tests.conftest import REPO
 
@@ -43,6 +45,7 @@ import sys, torch
 from pathlib import Path
 from dist_train.checkpoint import CheckpointParts, Checkpointer
 from dist_train.comm import Comm
+from dist_train.config import CheckpointConfig
 from dist_train.env import DistEnv
 
 class Part:
@@ -51,7 +54,7 @@ class Part:
     def load_state_dict(self, state): self.state = state
 
 model, trainer = Part({"w": torch.randn(2_000_000)}), Part({"step": 0})  # 8 MB: a save takes a moment
-checkpointer = Checkpointer(Path(sys.argv[1]), Comm(), DistEnv(), 60.0, keep_last=1000)
+checkpointer = Checkpointer(Path(sys.argv[1]), Comm(), DistEnv(), 60.0, CheckpointConfig(keep_last=1000))
 for step in range(1, 1000):
     print(f"saving {step}", flush=True)
     trainer.state = {"step": step}
@@ -98,3 +101,23 @@ def test_a_zero_checkpoint_on_another_number_of_workers_is_refused_before_anythi
     with pytest.raises(DistTrainError, match=r"ZeRO-2 optimizer state partitioned over 2 workers, which DeepSpeed "
                                              r"loads only on 2 \(this job has 3\): resume with 2 workers"):
         plan_start(cfg, resolve(cfg, 3))
+
+
+def test_the_checkpointer_decides_when_a_save_is_due_and_which_best_checkpoint_retention_keeps(tmp_path):
+    from dist_train.config import CheckpointConfig
+    from dist_train.train_state import TrainState
+
+    ck = Checkpointer(tmp_path, Comm(), DistEnv(), 60.0, CheckpointConfig(every_steps=5, every_epochs=2,
+                                                                          monitor="val_accuracy"))
+    assert [s for s in range(1, 16) if ck.due_after_step(s)] == [5, 10, 15]
+    assert [e for e in range(1, 7) if ck.due_after_epoch(e)] == [2, 4, 6]
+    state = TrainState(global_step=10, last_val={"val_accuracy": 0.5, "val_loss": 1.0})
+    assert ck.best_to_keep(state) == 10 and state.best_checkpoint == [0.5, 10]
+    state.global_step, state.last_val = 20, {"val_accuracy": 0.4, "val_loss": 0.5}  # worse by the monitor
+    assert ck.best_to_keep(state) == 10
+    state.global_step, state.step_in_epoch, state.last_val = 23, 3, {"val_accuracy": 0.9}  # mid-epoch: not measured
+    assert ck.best_to_keep(state) == 10
+    never = Checkpointer(tmp_path, Comm(), DistEnv(), 60.0, CheckpointConfig(every_steps=0, every_epochs=0,
+                                                                             keep_best=False))
+    assert not any(never.due_after_step(s) or never.due_after_epoch(s) for s in range(1, 20))
+    assert never.best_to_keep(TrainState(global_step=4, last_val={"val_loss": 0.1})) is None
