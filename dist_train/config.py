@@ -22,7 +22,9 @@ import yaml
 
 from dist_train.errors import ConfigError, DistTrainError
 
-Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "selu"]
+# elu is the course's ExpLin (one name only: the activation is fixed on resume,
+# so two spellings of one network would be refused as another network)
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "selu", "elu", "gelu", "identity"]
 Init = Literal["gaussian", "xavier_uniform", "glorot_uniform", "kaiming", "orthogonal"]
 OptimizerName = Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"]
 # cross_entropy and binary_cross_entropy: class targets; mse: real-valued targets
@@ -441,6 +443,11 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# names a user may know from elsewhere (the course) for a value we spell otherwise
+# (and any name in capitals, "ELU"): named in the error rather than accepted, so
+# each setting has one spelling
+OTHER_NAMES = {"explin": "elu"}
+
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -474,7 +481,9 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         return _convert(inner[0], value, key)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(key, f"{value!r} is not allowed", f"choose one of: {', '.join(map(str, args))}")
+            ours = OTHER_NAMES.get(value.lower(), value.lower()) if isinstance(value, str) else None
+            known = f"{value} is written {ours} here; " if ours in args else ""
+            raise ConfigError(key, f"{value!r} is not allowed", f"{known}choose one of: {', '.join(map(str, args))}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

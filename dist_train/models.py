@@ -13,16 +13,24 @@ from dist_train.config import ModelConfig
 from dist_train.errors import ConfigError
 from dist_train.user_code import call_with, resolve_callable
 
+LEAKY_SLOPE = 0.01
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
     "selu": nn.SELU,
+    "elu": nn.ELU,  # the course's ExpLin, alpha 1
+    "gelu": nn.GELU,  # exact (erf), not the tanh approximation
+    "identity": nn.Identity,
 }
 
-# torch's gain names for kaiming/xavier
-_GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "tanh": "tanh", "sigmoid": "sigmoid", "selu": "selu"}
+# torch's gain names (nn.init.calculate_gain) for the xavier, kaiming and
+# orthogonal gains. torch has none for ELU and GELU: both are ReLU for positive
+# inputs and are usually given He's (ReLU's) sqrt(2); identity is linear (1).
+_GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "tanh": "tanh", "sigmoid": "sigmoid", "selu": "selu",
+              "elu": "relu", "gelu": "relu", "identity": "linear"}
 
 
 class MLP(nn.Module):
