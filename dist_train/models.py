@@ -167,17 +167,35 @@ def _gain(gain_name: str, slope: float) -> float:
     return nn.init.calculate_gain(gain_name, slope) if gain_name == "leaky_relu" else nn.init.calculate_gain(gain_name)
 
 
+def _identity(w: torch.Tensor) -> None:
+    # Linear: torch's eye_, ones on the diagonal of a non-square matrix too (the
+    # first min(out, in) outputs copy their input, the rest start at 0); conv:
+    # dirac_, the kernel's centre, so with "same" padding each of the first
+    # min(out, in) channels passes its input channel through
+    if w.dim() == 2:
+        nn.init.eye_(w)
+    else:
+        nn.init.dirac_(w)
+
+
 _Init = Callable[[torch.Tensor, ModelConfig, str, float], object]
 _INITS: dict[str, _Init] = {
+    "constant": lambda w, cfg, g, a: nn.init.constant_(w, cfg.init_value),
+    "uniform": lambda w, cfg, g, a: nn.init.uniform_(w, -cfg.init_bound, cfg.init_bound),
     "gaussian": lambda w, cfg, g, a: nn.init.normal_(w, 0.0, cfg.init_std),
     "xavier_uniform": lambda w, cfg, g, a: nn.init.xavier_uniform_(w, gain=_gain(g, a)),
+    "xavier_normal": lambda w, cfg, g, a: nn.init.xavier_normal_(w, gain=_gain(g, a)),
+    # fan-in, He et al.'s choice (the forward pass keeps its variance)
     "kaiming_normal": lambda w, cfg, g, a: nn.init.kaiming_normal_(w, a=a, mode="fan_in", nonlinearity=g),
+    "kaiming_uniform": lambda w, cfg, g, a: nn.init.kaiming_uniform_(w, a=a, mode="fan_in", nonlinearity=g),
+    "identity": lambda w, cfg, g, a: _identity(w),
     "orthogonal": lambda w, cfg, g, a: nn.init.orthogonal_(w, gain=_gain(g, a)),
 }
 _INITS["glorot_uniform"] = _INITS["xavier_uniform"]
+_INITS["glorot_normal"] = _INITS["xavier_normal"]
 # what `kaiming` always drew: torch's kaiming_normal_ (for tanh, sigmoid and selu
 # the same fan-in normal with that activation's gain); a test holds it bit-equal
-_INITS["kaiming"] = _INITS.pop("kaiming_normal")
+_INITS["kaiming"] = _INITS["kaiming_normal"]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -9,11 +9,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_train.config import ModelConfig, load_config
+from dist_train.config import ModelConfig, load_config, relevant_dict
 from dist_train.errors import ConfigError
 from dist_train.models import CNN, MLP, build_model
 
 ACTIVATIONS = ["relu", "leaky_relu", "tanh", "sigmoid", "selu", "elu", "gelu", "identity"]
+# the gain each activation gives xavier and orthogonal, and the nonlinearity it gives kaiming: torch's
+# where torch has one; ELU and GELU take ReLU's, identity is linear
+GAIN = {"relu": math.sqrt(2), "leaky_relu": math.sqrt(2 / (1 + 0.01**2)), "tanh": 5 / 3, "sigmoid": 1.0,
+        "selu": 0.75, "elu": math.sqrt(2), "gelu": math.sqrt(2), "identity": 1.0}
+KAIMING = {"relu": ("relu", 0), "leaky_relu": ("leaky_relu", 0.01), "tanh": ("tanh", 0), "sigmoid": ("sigmoid", 0),
+           "selu": ("selu", 0), "elu": ("relu", 0), "gelu": ("relu", 0), "identity": ("linear", 0)}
+PARAMS = {"init_std": 0.07, "init_bound": 0.3, "init_value": 0.25}
+
+
+def _torch_init(init, activation):
+    """What `init` should do to one weight, written with torch's functions alone."""
+    gain = GAIN[activation]
+    nonlinearity, a = KAIMING[activation]
+    return {
+        "constant": lambda w: nn.init.constant_(w, PARAMS["init_value"]),
+        "uniform": lambda w: nn.init.uniform_(w, -PARAMS["init_bound"], PARAMS["init_bound"]),
+        "gaussian": lambda w: nn.init.normal_(w, 0.0, PARAMS["init_std"]),
+        "xavier_uniform": lambda w: nn.init.xavier_uniform_(w, gain=gain),
+        "glorot_uniform": lambda w: nn.init.xavier_uniform_(w, gain=gain),
+        "xavier_normal": lambda w: nn.init.xavier_normal_(w, gain=gain),
+        "glorot_normal": lambda w: nn.init.xavier_normal_(w, gain=gain),
+        "kaiming": lambda w: nn.init.kaiming_normal_(w, a=a, mode="fan_in", nonlinearity=nonlinearity),
+        "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, a=a, mode="fan_in", nonlinearity=nonlinearity),
+        "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, a=a, mode="fan_in", nonlinearity=nonlinearity),
+        "identity": lambda w: nn.init.eye_(w) if w.dim() == 2 else nn.init.dirac_(w),
+        "orthogonal": lambda w: nn.init.orthogonal_(w, gain=gain),
+    }[init]
 
 
 def _shell(name, activation):
@@ -34,6 +61,52 @@ def _assert_same_weights(built, expected, what):
     assert list(got) == list(want)
     for key in got:
         assert torch.equal(got[key], want[key]), f"{what}: {key} differs"
+
+
+INITS = ["constant", "uniform", "gaussian", "xavier_uniform", "glorot_uniform", "xavier_normal", "glorot_normal",
+         "kaiming", "kaiming_normal", "kaiming_uniform", "identity", "orthogonal"]
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_each_initializer_is_torchs_own_function(init):
+    for name in ("mlp", "cnn"):
+        for activation in ACTIVATIONS:
+            built = _build(name, init, activation, seed=3, **PARAMS)
+            torch.manual_seed(3)
+            expected = _shell(name, activation)
+            with torch.no_grad():
+                for module in expected.modules():
+                    if isinstance(module, (nn.Linear, nn.Conv2d)):
+                        _torch_init(init, activation)(module.weight)
+                        nn.init.zeros_(module.bias)
+            _assert_same_weights(built, expected, f"{name} {init} {activation}")
+
+
+def test_the_config_lists_every_initializer_and_activation_tested_here():
+    import typing
+
+    from dist_train.config import Activation, Init
+
+    assert sorted(typing.get_args(Init)) == sorted(INITS)
+    assert sorted(typing.get_args(Activation)) == sorted(ACTIVATIONS)
+
+
+def test_identity_init_passes_inputs_through():
+    mlp = _build("mlp", "identity", "identity", seed=0)
+    first, last = mlp.net[1].weight, mlp.net[-1].weight  # 7 -> 6 and 9 -> 3: not square
+    assert torch.equal(first, torch.eye(6, 7)) and torch.equal(last, torch.eye(3, 9))
+    cnn = _build("cnn", "identity", "identity", seed=0)
+    conv = cnn.net[0]  # 2 -> 3 channels, 3x3, padding 1
+    x = torch.randn(4, 2, 6, 6)
+    out = conv(x)
+    assert torch.equal(out[:, :2], x) and torch.count_nonzero(out[:, 2]) == 0
+
+
+def test_the_new_parameters_shape_the_weights():
+    w = _build("mlp", "uniform", "relu", seed=0, init_bound=0.02).net[1].weight
+    assert w.abs().max() <= 0.02 and w.abs().max() > 0.015
+    w = _build("mlp", "constant", "relu", seed=0, init_value=-0.5).net[1].weight
+    assert torch.all(w == -0.5)
 
 
 @pytest.mark.parametrize("activation, reference", [
@@ -86,11 +159,25 @@ def test_names_configs_used_before_draw_the_same_weights(init):
 
 
 @pytest.mark.parametrize("overrides, key, words", [
+    (["model.init=uniform", "model.init_bound=0"], "model.init_bound", "greater than 0"),
+    (["model.init_bound=-0.1"], "model.init_bound", "greater than 0"),
+    (["model.init=uniform", "model.init_bound=.inf"], "model.init_bound", "not a finite number"),
+    (["model.init=constant", "model.init_value=.nan"], "model.init_value", "not a finite number"),
+    (["model.init_std=.inf"], "model.init_std", "not a finite number"),
+    (["model.init=he_normal"], "model.init", "choose one of: constant, uniform, gaussian"),
     (["model.activation=explin"], "model.activation", "explin is written elu here"),
     (["model.activation=GELU"], "model.activation", "GELU is written gelu here"),
+    (["model.class_path=nets.py:Net", "model.init_value=1.0"], "model.init_value", "never reads it"),
 ])
-def test_a_name_from_elsewhere_is_refused_naming_ours(overrides, key, words):
+def test_bad_initializer_parameters_are_rejected_naming_the_key(overrides, key, words):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)
     assert info.value.key == key
     assert words in str(info.value)
+
+
+def test_relevant_dict_shows_only_the_parameter_the_initializer_reads():
+    shown = {init: {k for k in relevant_dict(load_config(None, [f"model.init={init}"]))["model"] if k in PARAMS}
+             for init in ("constant", "uniform", "gaussian", "kaiming", "identity")}
+    assert shown == {"constant": {"init_value"}, "uniform": {"init_bound"}, "gaussian": {"init_std"},
+                     "kaiming": set(), "identity": set()}
