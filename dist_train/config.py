@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -22,8 +23,13 @@ import yaml
 
 from dist_train.errors import ConfigError, DistTrainError
 
-Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "selu"]
-Init = Literal["gaussian", "xavier_uniform", "glorot_uniform", "kaiming", "orthogonal"]
+# elu is the course's ExpLin (one name only: the activation is fixed on resume,
+# so two spellings of one network would be refused as another network)
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "selu", "elu", "gelu", "identity"]
+# glorot_* and xavier_* are one scheme under its two names; kaiming is kaiming_normal
+# (the name configs used before the course's full list)
+Init = Literal["constant", "uniform", "gaussian", "xavier_uniform", "glorot_uniform", "xavier_normal",
+               "glorot_normal", "kaiming", "kaiming_normal", "kaiming_uniform", "identity", "orthogonal"]
 OptimizerName = Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"]
 # cross_entropy and binary_cross_entropy: class targets; mse: real-valued targets
 # (on class targets: against one-hot vectors); l1 and huber: real-valued targets
@@ -118,6 +124,10 @@ class ModelConfig:
     sync_batchnorm: bool = changeable(False)
     init: Init = at_start("kaiming", "used only to initialize a new network")
     init_std: float = at_start(0.01, "used only to initialize a new network")  # gaussian init only
+    # uniform init only: weights drawn from U(-init_bound, init_bound)
+    init_bound: float = at_start(0.05, "used only to initialize a new network")
+    # constant init only: every weight starts at this value (0: torch's zeros_)
+    init_value: float = at_start(0.0, "used only to initialize a new network")
     channels: tuple[int, ...] = fixed((16, 32), ANOTHER_NETWORK)  # cnn only
 
 
@@ -380,7 +390,8 @@ def relevant_dict(config: Config) -> dict[str, Any]:
         + ([] if d.source == "shards" else ["path", "loader_workers", "shuffle_buffer", "verify"])
         + (["val_fraction", "test_fraction", "split_seed"] if d.source == "shards" else []),
         "model": ([] if m.name == "mlp" else ["hidden_sizes", "batch_norm"]) + ([] if m.name == "cnn" else ["channels"])
-        + ([] if m.init == "gaussian" else ["init_std"]),
+        + ([] if m.init == "gaussian" else ["init_std"]) + ([] if m.init == "uniform" else ["init_bound"])
+        + ([] if m.init == "constant" else ["init_value"]),
         "optim": ([] if o.name in ("sgd", "rmsprop") else ["momentum"]) + ([] if o.name == "sgd" else ["nesterov"])
         + ([] if o.name in ("adam", "adamw") else ["betas"]) + ([] if o.name == "rmsprop" else ["alpha"])
         + ([] if o.name == "adadelta" else ["rho"]) + (["eps"] if o.name == "sgd" else []),
@@ -441,6 +452,11 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# names a user may know from elsewhere (the course) for a value we spell otherwise
+# (and any name in capitals, "ELU"): named in the error rather than accepted, so
+# each setting has one spelling
+OTHER_NAMES = {"explin": "elu"}
+
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -474,7 +490,9 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         return _convert(inner[0], value, key)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(key, f"{value!r} is not allowed", f"choose one of: {', '.join(map(str, args))}")
+            ours = OTHER_NAMES.get(value.lower(), value.lower()) if isinstance(value, str) else None
+            known = f"{value} is written {ours} here; " if ours in args else ""
+            raise ConfigError(key, f"{value!r} is not allowed", f"{known}choose one of: {', '.join(map(str, args))}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -559,6 +577,11 @@ def validate(config: Config) -> None:
     for i, size in enumerate(m.channels):
         _positive(f"model.channels[{i}]", size)
     _positive("model.init_std", m.init_std)
+    _positive("model.init_bound", m.init_bound)
+    for key, value in (("model.init_std", m.init_std), ("model.init_bound", m.init_bound),
+                       ("model.init_value", m.init_value)):
+        if not math.isfinite(value):
+            raise ConfigError(key, f"{value!r} is not a finite number", "every weight would start at inf or nan")
     for key, frac in (("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
         if not 0.0 < frac < 1.0:
             raise ConfigError(key, f"{frac!r} is outside (0, 1)")
@@ -572,7 +595,8 @@ def validate(config: Config) -> None:
     _check_class_path("model", m.class_path, m.init_args)
     if m.class_path:
         builtin = ModelConfig()
-        for key in ("name", "hidden_sizes", "activation", "dropout", "batch_norm", "init", "init_std", "channels"):
+        for key in ("name", "hidden_sizes", "activation", "dropout", "batch_norm", "init", "init_std", "init_bound",
+                    "init_value", "channels"):
             if getattr(m, key) != getattr(builtin, key):
                 raise ConfigError(f"model.{key}", "is set but model.class_path builds the model, which never reads it",
                                   f"pass it to your model in model.init_args, or remove model.class_path")

@@ -13,16 +13,24 @@ from dist_train.config import ModelConfig
 from dist_train.errors import ConfigError
 from dist_train.user_code import call_with, resolve_callable
 
+LEAKY_SLOPE = 0.01
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
     "selu": nn.SELU,
+    "elu": nn.ELU,  # the course's ExpLin, alpha 1
+    "gelu": nn.GELU,  # exact (erf), not the tanh approximation
+    "identity": nn.Identity,
 }
 
-# torch's gain names for kaiming/xavier
-_GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "tanh": "tanh", "sigmoid": "sigmoid", "selu": "selu"}
+# torch's gain names (nn.init.calculate_gain) for the xavier, kaiming and
+# orthogonal gains. torch has none for ELU and GELU: both are ReLU for positive
+# inputs and are usually given He's (ReLU's) sqrt(2); identity is linear (1).
+_GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "tanh": "tanh", "sigmoid": "sigmoid", "selu": "selu",
+              "elu": "relu", "gelu": "relu", "identity": "linear"}
 
 
 class MLP(nn.Module):
@@ -106,7 +114,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int
         model = CNN(input_shape[0], cfg.channels, num_outputs, cfg.activation, cfg.dropout)
     else:  # Literal in the config makes this unreachable
         raise AssertionError(cfg.name)
-    init_weights(model, cfg.init, cfg.activation, cfg.init_std)
+    init_weights(model, cfg)
     return model
 
 
@@ -140,30 +148,54 @@ def check_outputs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                           f"{num_outputs} outputs (it may ask for num_classes or num_outputs)")
 
 
-def init_weights(model: nn.Module, scheme: str, activation: str, std: float = 0.01) -> None:
-    """Initialize every Linear/Conv weight by `scheme`; biases start at zero.
-    Normalization layers keep weight 1, bias 0."""
-    gain_name = _GAIN_NAME[activation]
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """Initialize every Linear/Conv weight by `cfg.init`; biases start at zero.
+    Normalization layers keep weight 1, bias 0. Each scheme is torch's nn.init
+    function of that name, with the gain of `cfg.activation` where it takes one."""
+    init = _INITS[cfg.init]
+    gain_name = _GAIN_NAME[cfg.activation]
+    slope = LEAKY_SLOPE if gain_name == "leaky_relu" else 0
     for module in model.modules():
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             continue
-        w = module.weight
-        if scheme == "gaussian":
-            nn.init.normal_(w, 0.0, std)
-        elif scheme in ("xavier_uniform", "glorot_uniform"):
-            gain = nn.init.calculate_gain(gain_name, 0.01) if gain_name == "leaky_relu" else nn.init.calculate_gain(gain_name)
-            nn.init.xavier_uniform_(w, gain=gain)
-        elif scheme == "kaiming":
-            if gain_name in ("relu", "leaky_relu"):
-                nn.init.kaiming_normal_(w, a=0.01 if gain_name == "leaky_relu" else 0, nonlinearity=gain_name)
-            else:  # kaiming's fan-in variance with the activation's own gain
-                nn.init.normal_(w, 0.0, nn.init.calculate_gain(gain_name) / math.sqrt(nn.init._calculate_correct_fan(w, "fan_in")))
-        elif scheme == "orthogonal":
-            nn.init.orthogonal_(w, gain=nn.init.calculate_gain(gain_name) if gain_name != "leaky_relu" else nn.init.calculate_gain("leaky_relu", 0.01))
-        else:
-            raise AssertionError(scheme)
+        init(module.weight, cfg, gain_name, slope)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def _gain(gain_name: str, slope: float) -> float:
+    return nn.init.calculate_gain(gain_name, slope) if gain_name == "leaky_relu" else nn.init.calculate_gain(gain_name)
+
+
+def _identity(w: torch.Tensor) -> None:
+    # Linear: torch's eye_, ones on the diagonal of a non-square matrix too (the
+    # first min(out, in) outputs copy their input, the rest start at 0); conv:
+    # dirac_, the kernel's centre, so with "same" padding each of the first
+    # min(out, in) channels passes its input channel through
+    if w.dim() == 2:
+        nn.init.eye_(w)
+    else:
+        nn.init.dirac_(w)
+
+
+_Init = Callable[[torch.Tensor, ModelConfig, str, float], object]
+_INITS: dict[str, _Init] = {
+    "constant": lambda w, cfg, g, a: nn.init.constant_(w, cfg.init_value),
+    "uniform": lambda w, cfg, g, a: nn.init.uniform_(w, -cfg.init_bound, cfg.init_bound),
+    "gaussian": lambda w, cfg, g, a: nn.init.normal_(w, 0.0, cfg.init_std),
+    "xavier_uniform": lambda w, cfg, g, a: nn.init.xavier_uniform_(w, gain=_gain(g, a)),
+    "xavier_normal": lambda w, cfg, g, a: nn.init.xavier_normal_(w, gain=_gain(g, a)),
+    # fan-in, He et al.'s choice (the forward pass keeps its variance)
+    "kaiming_normal": lambda w, cfg, g, a: nn.init.kaiming_normal_(w, a=a, mode="fan_in", nonlinearity=g),
+    "kaiming_uniform": lambda w, cfg, g, a: nn.init.kaiming_uniform_(w, a=a, mode="fan_in", nonlinearity=g),
+    "identity": lambda w, cfg, g, a: _identity(w),
+    "orthogonal": lambda w, cfg, g, a: nn.init.orthogonal_(w, gain=_gain(g, a)),
+}
+_INITS["glorot_uniform"] = _INITS["xavier_uniform"]
+_INITS["glorot_normal"] = _INITS["xavier_normal"]
+# what `kaiming` always drew: torch's kaiming_normal_ (for tanh, sigmoid and selu
+# the same fan-in normal with that activation's gain); a test holds it bit-equal
+_INITS["kaiming"] = _INITS["kaiming_normal"]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -44,7 +44,7 @@ def test_config_is_frozen():
         (["optim.lr=-0.1"], "optim.lr", "must be greater than 0"),
         (["optim.lr=0"], "optim.lr", "must be greater than 0"),
         (["optim.name=lbfgs"], "optim.name", "choose one of: sgd, adagrad, adadelta, rmsprop, adam, adamw"),
-        (["model.activation=gelu"], "model.activation", "not allowed"),
+        (["model.activation=swish"], "model.activation", "not allowed"),
         (["model.dropout=1.0"], "model.dropout", "outside [0, 1)"),
         (["optim.momentum=0.9"], "optim.momentum", "does nothing with optim.name=adam"),
         (["optim.name=sgd", "optim.momentum=1.0"], "optim.momentum", "must be below 1"),

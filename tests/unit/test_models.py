@@ -28,7 +28,8 @@ def test_images_are_flattened_for_the_mlp():
 
 
 @pytest.mark.parametrize("name, cls", [("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU), ("tanh", nn.Tanh),
-                                       ("sigmoid", nn.Sigmoid), ("selu", nn.SELU)])
+                                       ("sigmoid", nn.Sigmoid), ("selu", nn.SELU), ("elu", nn.ELU),
+                                       ("gelu", nn.GELU), ("identity", nn.Identity)])
 def test_batch_norm_comes_before_the_activation_then_dropout(name, cls):
     model = MLP(10, (8, 8), 2, activation=name, dropout=0.5, batch_norm=True)
     kinds = [type(m) for m in model.net]
