@@ -48,8 +48,10 @@ def fit(config: str | Path | Mapping[str, Any] | Config | None = None, *override
     False. A mistake raises DistTrainError with a message naming it."""
     from dist_train.run import run_job
 
+    from dist_train.worker_env import worker_env
+
     cfg = _as_config(config, overrides)
-    env = DistEnv.from_env(device=cfg.dist.device)
+    env = worker_env(cfg)  # as `dist-train run` sets itself up: under srun, torchrun or alone
 
     def build(cfg: Config, env: DistEnv, resolved: Any, comm: Any) -> Any:
         from dist_train.data import build_data

@@ -36,7 +36,8 @@ from dist_train.env import DistEnv
 from dist_train.errors import EXIT_FAILED, EXIT_OK, EXIT_RESUME, TrainingFailed
 from dist_train.parts import build_parts
 from dist_train.preflight import check_job
-from dist_train.resolve import Resolved
+from dist_train.job_decision import JobDecision
+from dist_train.resolve import Resolved, resolve
 from dist_train.run_lock import RunDirLock
 from dist_train.stall_report import archive as archive_reports
 from dist_train.start import StartPlan, open_run_dir, plan_start
@@ -56,18 +57,22 @@ class Outcome:
 
 
 def run(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_lock: bool = True,
-        announce_stop: bool = True) -> int:
+        announce_stop: bool = True, decided: JobDecision | None = None) -> int:
     """The job's exit status (see `run_job`)."""
-    return run_job(cfg, env, build, take_lock, announce_stop).exit_code
+    return run_job(cfg, env, build, take_lock, announce_stop, decided).exit_code
 
 
 def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_lock: bool = True,
-            announce_stop: bool = True) -> Outcome:
+            announce_stop: bool = True, decided: JobDecision | None = None) -> Outcome:
     """`build`: how the parts are made (tests and the Python API wrap
     `build_parts`). `take_lock`: False when the launcher that started this
     worker holds the run directory's lock for the job. `announce_stop`: False
-    when the launcher reports a stop itself."""
-    resolved = check_job(cfg, env.world_size)  # config, data and model mistakes, before any process group starts
+    when the launcher reports a stop itself. `decided`: what the launcher
+    already checked and planned (dist_train.job_decision), not done again."""
+    if decided is not None and decided.checked_world_size == env.world_size:
+        resolved = resolve(cfg, env.world_size)
+    else:
+        resolved = check_job(cfg, env.world_size)  # config, data and model mistakes, before any process group starts
     if env.device == "cpu" and env.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         # several CPU workers on one machine must not each spawn one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(env.local_world_size, 1)))
@@ -81,7 +86,8 @@ def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_loc
             _show_stacks_on_fatal_signals()
             watchdog = Watchdog(cfg.dist, cfg.train.compile, env, Path(cfg.run.dir), peers, resolved.strategy)
             try:
-                outcome = _run(cfg, env, resolved, stop, build, take_lock, announce_stop, watchdog)
+                planned = decided.plan if decided is not None else None
+                outcome = _run(cfg, env, resolved, stop, build, take_lock, announce_stop, watchdog, planned)
                 return outcome
             except RuntimeError as exc:
                 if MARK in str(exc):  # dist.check_collectives found ranks calling different collectives
@@ -106,13 +112,14 @@ def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_loc
 
 
 def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build: BuildParts, take_lock: bool,
-         announce_stop: bool, watchdog: Watchdog) -> Outcome:
+         announce_stop: bool, watchdog: Watchdog, planned: StartPlan | None) -> Outcome:
     comm = Comm.of(env)
     run_dir = Path(cfg.run.dir)
     lock = RunDirLock(run_dir, "dist-train run") if take_lock and env.is_rank0 else None
     committed = False
     try:
-        plan: StartPlan = comm.rank0_then_share(lambda: _plan(cfg, resolved, lock))
+        # the launcher's plan, made under the lock it holds, or rank 0's own
+        plan: StartPlan = planned if planned is not None else comm.rank0_then_share(lambda: _plan(cfg, resolved, lock))
         if plan.finished:
             if env.is_rank0:
                 print(plan.finished_line(run_dir), flush=True)

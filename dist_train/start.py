@@ -23,7 +23,7 @@ from dist_train.atomic import write_atomic
 from dist_train.config import Config, dump_yaml, to_dict
 from dist_train.errors import DistTrainError
 from dist_train.resolve import Resolved
-from dist_train.resume_changes import ResumeChanges, compare
+from dist_train.resume_changes import Change, ResumeChanges, compare
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,20 @@ class StartPlan:
     finished: bool = False  # the checkpoint ends a finished run and the config asks for nothing more
     metrics_lines: int | None = None  # metrics.jsonl's length at the checkpoint
     wandb_run_id: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """As JSON: how `dist-train launch` hands its plan to its workers."""
+        info = self.checkpoint
+        return {"checkpoint": None if info is None else {"path": str(info.path), "manifest": info.manifest},
+                "changes": [[c.key, c.old, c.new, c.kind, c.why] for c in self.changes.changes],
+                "finished": self.finished, "metrics_lines": self.metrics_lines, "wandb_run_id": self.wandb_run_id}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "StartPlan":
+        info = record["checkpoint"]
+        return cls(None if info is None else ckpt.CheckpointInfo(Path(info["path"]), info["manifest"]),
+                   ResumeChanges(tuple(Change(*c) for c in record["changes"])), bool(record["finished"]),
+                   record["metrics_lines"], record["wandb_run_id"])
 
     def resume_line(self) -> str:
         info = self.checkpoint

@@ -219,12 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     return _speaking(commands[args.command], args)
 
 
-def run_worker(argv: list[str]) -> int:
-    """A worker of `dist-train launch`: `dist-train run` with the launcher's lock and stop report."""
-    args = build_parser().parse_args(["run", *argv])
-    return _speaking(lambda a: cmd_run(a, under_launcher=True), args)
-
-
 def _speaking(command, args: argparse.Namespace) -> int:
     """A user's mistake is one line and its exit status, never a traceback."""
     try:
@@ -240,39 +234,20 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     return submit(args)
 
 
-def cmd_run(args: argparse.Namespace, under_launcher: bool = False) -> int:
-    """`under_launcher`: this is a worker of `dist-train launch`, which holds the
-    run directory's lock (when it says so) and reports a stop itself."""
-    import os
-    from pathlib import Path
-
-    import torch
-
+def cmd_run(args: argparse.Namespace) -> int:
     from dist_train.config import load_config
-    from dist_train.env import DistEnv
-    from dist_train.run_lock import lock_path
     from dist_train.run import run
-    from launcher.elastic import RUN_LOCK_VAR
-    from launcher.slurm_env import torch_env_from_slurm
+    from dist_train.worker_env import worker_env
 
     cfg = load_config(args.config, [*args.overrides, *resume_overrides(args)])
-    gpus = torch.cuda.device_count() if cfg.dist.device != "cpu" else 0
-    os.environ.update(torch_env_from_slurm(os.environ, gpus))  # under srun: SLURM's ranks as torch's
-    os.environ.setdefault("LOCAL_RANK", "0")  # one process: DeepSpeed reads it from the environment
-    if cfg.strategy.name == "deepspeed" and cfg.dist.device == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed takes any GPU it sees
-    from launcher.elastic import set_nccl_flight_recorder
-
-    set_nccl_flight_recorder(Path(cfg.run.dir))  # a GPU hang leaves a trace (under srun or torchrun too)
-    env = DistEnv.from_env(device=cfg.dist.device)
-    held = under_launcher and os.environ.get(RUN_LOCK_VAR) == str(lock_path(Path(cfg.run.dir)).resolve())
-    return run(cfg, env, take_lock=not held, announce_stop=not under_launcher)
+    return run(cfg, worker_env(cfg))
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dist_train.config import load_config
+    from dist_train.job_decision import JobDecision
     from dist_train.preflight import check_job
     from dist_train.run_lock import RunDirLock
     from dist_train.start import plan_start
@@ -291,28 +266,31 @@ def cmd_launch(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     run_dir = Path(cfg.run.dir)
     world_size = planned_world_size(args)
-    if world_size is None:  # an elastic range or a device-dependent count: the workers check
-        return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir,
+    if world_size is None:  # an elastic range or a device-dependent count: the workers check and plan
+        return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir, JobDecision(cfg),
                       start_timeout_s=cfg.dist.start_timeout_s)
     resolved = check_job(cfg, world_size)
-    # One node: this launcher holds the run directory for the whole job, so a
-    # second job is refused before it starts a worker. Several nodes: which
-    # node holds rank 0 is known only after the rendezvous; rank 0 takes it.
-    lock = RunDirLock(run_dir, "dist-train launch") if str(args.nnodes) in ("1", "1:1") else None
-    if lock is not None:
-        lock.acquire()
+    if str(args.nnodes) not in ("1", "1:1"):
+        # Several nodes: which node holds rank 0 is known only after the
+        # rendezvous; rank 0 takes the run directory's lock and plans the start.
+        return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir, JobDecision(cfg, world_size),
+                      start_timeout_s=cfg.dist.start_timeout_s)
+    # One node: this launcher holds the run directory for the whole job (a
+    # second job is refused before it starts a worker) and plans the start once.
+    lock = RunDirLock(run_dir, "dist-train launch")
+    lock.acquire()
     started = False
     try:
-        plan = plan_start(cfg, resolved, warn=lambda message: None)  # the workers report skipped checkpoints
+        plan = plan_start(cfg, resolved)  # made once for the job: the workers are handed it
         if plan.finished:
             print(plan.finished_line(run_dir), flush=True)
             return 0
         started = True
-        return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir,
-                      lock.path if lock is not None else None, start_timeout_s=cfg.dist.start_timeout_s)
+        decided = JobDecision(cfg, world_size, str(lock.path.resolve()), plan)
+        return launch(args, args.config, overrides, cfg.dist.timeout_s, run_dir, decided,
+                      start_timeout_s=cfg.dist.start_timeout_s)
     finally:
-        if lock is not None:
-            lock.release() if started else lock.release_and_tidy()
+        lock.release() if started else lock.release_and_tidy()
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -15,11 +15,14 @@ import threading
 import time
 from pathlib import Path
 
+from dist_train.job_decision import JobDecision
+from dist_train.worker_env import set_nccl_flight_recorder
+
 # Where each worker leaves its exit status ("RESTART-LOCALRANK" -> code), so the
 # launcher knows how its workers ended even when torch's agent cannot tell it.
 STATUS_DIR_VAR = "DIST_TRAIN_STATUS_DIR"
-# The run directory's lock, when the launcher holds it for its workers.
-RUN_LOCK_VAR = "DIST_TRAIN_RUN_LOCK"
+# What the launcher decided for a config's job, in that directory (launcher.worker reads it)
+JOB_FILE = "job.json"
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +90,7 @@ def planned_world_size(args: argparse.Namespace) -> int | None:
     return nproc * nnodes
 
 
-def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str],
+def torchrun_argv(args: argparse.Namespace, worker_args: list[str],
                   worker: str = "launcher.worker", start_timeout_s: float | None = None) -> list[str]:
     from launcher.stop_signals import TORCH_HANDLES
 
@@ -116,26 +119,7 @@ def torchrun_argv(args: argparse.Namespace, config: str, overrides: list[str],
         argv += ["--rdzv-conf", conf]
     if args.local_addr is not None:
         argv += ["--local-addr", args.local_addr]
-    return argv + ["-m", worker, config, *overrides]
-
-
-def nccl_flight_recorder(run_dir: Path | None) -> dict[str, str]:
-    """What makes a GPU hang leave a trace (NCCL's flight recorder): workers
-    record their last collectives, abort a timed-out one asynchronously, dump
-    the record on a timeout into RUN_DIR/nccl-trace-rank-N, and dist-train's
-    stall watchdog dumps it into RUN_DIR/hang/ when it reports a stall. Read
-    a dump with `python -m torch.distributed.flight_recorder.fr_trace`.
-    Values the user set are kept."""
-    found = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-             "TORCH_FR_BUFFER_SIZE": "2000"}  # torch >= 2.7's names (TORCH_NCCL_TRACE_BUFFER_SIZE before)
-    if run_dir is not None:
-        found["TORCH_FR_DUMP_TEMP_FILE"] = str(Path(run_dir).resolve() / "nccl-trace-rank-")
-    return found
-
-
-def set_nccl_flight_recorder(run_dir: Path | None) -> None:
-    for key, value in nccl_flight_recorder(run_dir).items():
-        os.environ.setdefault(key, value)
+    return argv + ["-m", worker, *worker_args]
 
 
 def rendezvous_endpoint(args: argparse.Namespace) -> tuple[str, int] | None:
@@ -245,13 +229,14 @@ def write_worker_status(code: int) -> None:
 
 
 def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_s: float = 120.0,
-           run_dir: Path | None = Path("runs/default"), lock_path: Path | None = None,
+           run_dir: Path | None = Path("runs/default"), decided: JobDecision | None = None,
            worker: str = "launcher.worker", start_timeout_s: float | None = None) -> int:
     """Start the workers and wait for them; returns the launcher's exit status.
-    `lock_path`: the run directory's lock, held by this process for the job
-    (the workers then do not take it again). `worker`: the module each worker
-    runs (a script's runner for `launch script.py`; its run directory is then
-    not known here: run_dir None)."""
+    `decided`: what this launcher loaded, checked and planned for a config's
+    job (the lock it holds among it): each worker is handed it (launcher.worker)
+    instead of the config. `worker`: the module each worker runs with `config`
+    and `overrides` otherwise (a script's runner for `launch script.py`, whose
+    run directory is not known here: run_dir None; predict's and evaluate's)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousTimeoutError
@@ -267,8 +252,10 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
     status_dir = Path(tempfile.mkdtemp(prefix="dist-train-launch-"))
     os.environ[STATUS_DIR_VAR] = str(status_dir)
     set_nccl_flight_recorder(run_dir)
-    if lock_path is not None:
-        os.environ[RUN_LOCK_VAR] = str(Path(lock_path).resolve())
+    worker_args = [config, *overrides]
+    if decided is not None:
+        decided.write(status_dir / JOB_FILE)
+        worker_args = ["--job", str(status_dir / JOB_FILE)]
     endpoint = rendezvous_endpoint(args)
     if endpoint is not None and os.path.isdir("/proc"):
         # With restarts left, give the network timeout_s to come back; without,
@@ -285,7 +272,7 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
     quiet = _QuietUsageExits(agent_log)
     agent_log.addFilter(quiet)
     try:
-        torchrun_main(torchrun_argv(args, config, overrides, worker, start_timeout_s))
+        torchrun_main(torchrun_argv(args, worker_args, worker, start_timeout_s))
     except RendezvousTimeoutError:
         where = f" at {endpoint[0]}:{endpoint[1]}" if endpoint is not None else ""
         waited = f"dist.start_timeout_s={start_timeout_s:g}s" if start_timeout_s is not None else "the rendezvous timeout"

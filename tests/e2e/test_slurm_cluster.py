@@ -116,3 +116,21 @@ def test_a_stalled_job_requeues_itself_and_ends_with_the_uninterrupted_weights(s
     got = torch.load(find_latest_valid(tmp_path / "stalled").path / "model.pt", weights_only=True)
     for key, value in expected.items():
         assert torch.equal(value, got[key]), key
+
+
+def test_a_script_calling_dist_train_fit_under_srun_is_one_job_of_two_ranks(slurm, tmp_path):
+    """dist_train.fit sets its process up as `dist-train run` does: srun's two
+    tasks become ranks 0 and 1 of one job (not two lone processes)."""
+    run_dir = tmp_path / "run"
+    wrap = (f"cd {REPO} && OMP_NUM_THREADS=1 srun {sys.executable} examples/python_api/train.py "
+            f"run.dir={run_dir} train.epochs=2 wandb.mode=disabled")
+    proc = subprocess.run(["sbatch", "--parsable", "--ntasks=2", "--time=00:10:00", f"--output={tmp_path}/out.log",
+                           f"--wrap={wrap}"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    wait_until(lambda: job_field(job, "JobState") in ENDED, 240, "the job to end")
+    log = (tmp_path / "out.log").read_text()
+    assert job_field(job, "JobState") == "COMPLETED", log
+    starts = [e for e in metrics(run_dir) if e["event"] == "start"]
+    assert len(starts) == 1 and starts[0]["world_size"] == 2 and starts[0]["strategy"] == "ddp", log

@@ -3,7 +3,7 @@
 import pytest
 
 from dist_train.errors import DistTrainError
-from launcher.slurm_env import expand_hostlist, tasks_on_node, torch_env_from_slurm
+from dist_train.slurm_env import expand_hostlist, tasks_on_node, torch_env_from_slurm
 
 
 def test_host_lists_expand():

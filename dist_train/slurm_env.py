@@ -1,7 +1,7 @@
 """Translate "started by SLURM's srun" into torch's environment (RANK,
 WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR,
-MASTER_PORT). Only the launcher reads SLURM_*; the library sees torch's
-variables alone."""
+MASTER_PORT). Read once, where a worker process sets itself up
+(dist_train.worker_env); everything after sees torch's variables alone."""
 
 from __future__ import annotations
 
