@@ -167,7 +167,7 @@ class TrainConfig:
     # how often the ranks agree on a pending stop request (SIGTERM/SIGUSR1); one
     # small all-reduce each time
     stop_check_every_steps: int = changeable(50)
-    # run the model through torch.compile (costs start-up time: see README, Performance)
+    # run the model through torch.compile (costs start-up time: see docs/performance.md)
     compile: bool = changeable(False)
 
 
@@ -253,7 +253,7 @@ class DistConfig:
     # check that every rank calls the same collective with the same shapes
     # before it runs (dist_train.collective_check): a divergence is named at
     # once, with both call sites, instead of hanging; costs a round trip per
-    # collective (see README)
+    # collective (see docs/stalls.md)
     check_collectives: bool = changeable(False)
 
 

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_prep.add_argument("--features", metavar="A,B,...", default=None,
                         help="csv: feature columns (default: all but --target)")
     p_prep.add_argument("--task", default=None, choices=["auto", "classification", "regression"],
-                        help="arrays, csv: what the targets are (default auto: see the README)")
+                        help="arrays, csv: what the targets are (default auto: see docs/data.md)")
     p_prep.add_argument("--image-size", metavar="H[,W]", default=None,
                         help="imagefolder: every image is resized to H x W (bilinear)")
     p_prep.add_argument("--color", default=None, choices=["grey", "rgb"],

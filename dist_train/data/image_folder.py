@@ -1,7 +1,7 @@
 """`dist-train prepare imagefolder`: a `ROOT/<class name>/<image>` tree of PNG
 and JPEG files as uint8 (C, H, W) images of one size.
 
-The rules, in one place (the README repeats them):
+The rules, in one place (docs/data.md repeats them):
 - Every folder directly under ROOT is a class; the class names are the folder
   names sorted (by code point), and a class's index is its position.
 - Every file under a class folder (subfolders included) must be a PNG or JPEG

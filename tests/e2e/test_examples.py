@@ -1,5 +1,5 @@
 """Every example in examples/ (and the diabetes and wine configs) runs as the
-README says, through the real CLI; a user's model exports and loads into the
+README of examples/ says, through the real CLI; a user's model exports and loads into the
 user's own class with plain torch; a data factory that fails in the workers
 fails the launch with one clear line."""
 

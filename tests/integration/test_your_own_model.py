@@ -22,7 +22,7 @@ from tests.helpers import assert_same_final_state, final_state, sigterm_at
 from tests.multiproc import run_workers, to_numpy
 
 DATA = f"{REPO}/tests/user_project/data.py"
-EXAMPLE_NET = f"{REPO}/examples/residual_mlp/nets.py:ResidualMLP"  # the README's example, with batch norm
+EXAMPLE_NET = f"{REPO}/examples/residual_mlp/nets.py:ResidualMLP"  # docs/your-own-model-and-data.md's example, with batch norm
 # 203 training samples, global batch 32: 6 full steps and one of 11, split 6/5 over 2 ranks
 USER = ["data.source=custom", f"data.class_path={DATA}:make_splits", "data.loader_workers=0",
         f"model.class_path={EXAMPLE_NET}", "model.init_args={width: 16, blocks: 2, dropout: 0.0}",

@@ -95,7 +95,7 @@ def test_prepare_reads_mnist_format_idx_files(tmp_path, compress):
         prepare("idx", PrepareOptions(out=tmp_path / "out2", source_dir=src, train_shards=2))
 
 
-# The README's promise for the built-in sets: shards and memory train on the same
+# docs/data.md's promise for the built-in sets: shards and memory train on the same
 # samples. digits stores its uint8 pixels and synthetic (1-d shape) its float32
 # features exactly as the in-memory source holds them, and both paths normalize
 # with one Normalizer from the same statistics, so the numbers are equal, not
