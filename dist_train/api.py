@@ -20,10 +20,9 @@ from torch import nn
 
 from dist_train.config import Config, config_from_dict, load_config, replace, to_dict
 from dist_train.env import DistEnv
-from dist_train.errors import EXIT_RESUME, ConfigError, DistTrainError
+from dist_train.errors import EXIT_RESUME, DistTrainError
 from dist_train.parts import build_parts
 from dist_train.trainer import FitResult
-from dist_train.user_code import call_with
 
 
 def fit(config: str | Path | Mapping[str, Any] | Config | None = None, *overrides: str,
@@ -82,14 +81,11 @@ def _model_factory(model: Any) -> Callable[[Config, Any], nn.Module]:
     from dist_train.predictor import object_recipe
 
     def make(cfg: Config, data: Any) -> nn.Module:
+        from dist_train.models import user_model
+
         if isinstance(model, nn.Module):
             return model
-        offered = {"input_shape": tuple(data.input_shape), "num_outputs": data.num_outputs}
-        if data.task == "classification":
-            offered["num_classes"] = data.num_outputs
-        built = call_with("model", model, {}, offered)
-        if not isinstance(built, nn.Module):
-            raise ConfigError("model", f"the model function returned a {type(built).__name__}, not a torch nn.Module")
-        return built
+        return user_model("model", model, {}, data.task.offered(data.input_shape, data.num_outputs),
+                          "the model function")
     make.recipe = object_recipe(model)  # type: ignore[attr-defined]  # how a model bundle builds it again
     return make

@@ -263,10 +263,10 @@ def export(source: str | Path, out: str | Path, *, best: bool = False, model: nn
 def program_meta(predictor: Predictor, state: dict[str, Any]) -> dict[str, Any]:
     """What a torch-only user needs to read the outputs (the .pt2's extra file)."""
     spec = predictor.spec
-    return {"format": FORMAT, "task": spec.task, "class_names": list(spec.class_names or []) or None,
+    return {"format": FORMAT, "task": spec.task.value, "class_names": list(spec.class_names or []) or None,
             "num_outputs": spec.num_outputs, "target_shape": list(spec.target_shape),
             "outputs": ("logits: apply sigmoid per class" if spec.loss == "binary_cross_entropy" else
-                        "logits: apply softmax over dim 1") if spec.task == "classification" else "values",
+                        "logits: apply softmax over dim 1") if spec.task.classifies else "values",
             "input_shape": list(spec.inputs.shape), "input_dtype": spec.inputs.dtype,
             "preprocessing": f"included ({spec.inputs.normalize}): give raw inputs",
             "source": spec.inputs.source, "checkpoint": state.get("checkpoint"), "versions": state.get("versions")}

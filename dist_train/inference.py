@@ -36,6 +36,7 @@ from dist_train.data.sampler import even_slices
 from dist_train.env import DistEnv
 from dist_train.errors import DistTrainError
 from dist_train.predictor import Predictor, probabilities
+from dist_train.tasks import Task
 
 BATCH_SIZE = 1024
 OUTPUT_SUFFIXES = (".csv", ".npz")
@@ -47,20 +48,23 @@ class Predictions:
 
     names: list[str]  # each sample: a file, a CSV line, an index
     outputs: np.ndarray  # (N, num_outputs) float32: the network's outputs
-    task: str
+    task: Task
     loss: str
     class_names: tuple[str, ...] | None = None
     target_shape: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task(self.task))  # a Task, or its name
+
     @property
     def probabilities(self) -> np.ndarray:
-        if self.task != "classification":
+        if not self.task.classifies:
             raise DistTrainError("probabilities are for classifiers; this model predicts values")
         return probabilities(torch.from_numpy(self.outputs), self.loss).numpy()
 
     @property
     def classes(self) -> np.ndarray:
-        if self.task != "classification":
+        if not self.task.classifies:
             raise DistTrainError("classes are for classifiers; this model predicts values")
         return self.outputs.argmax(axis=1)
 
@@ -89,7 +93,7 @@ class Predictions:
     def _csv(self, top_k: int) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        if self.task == "classification":
+        if self.task.classifies:
             k = max(1, min(top_k, self.outputs.shape[1]))
             probs = self.probabilities
             # by probability, ties by class index (a stable sort: the same order on every machine)
@@ -112,7 +116,7 @@ class Predictions:
 
     def _npz(self) -> bytes:
         arrays: dict[str, np.ndarray] = {"outputs": self.outputs, "samples": np.array(self.names, dtype=str)}
-        if self.task == "classification":
+        if self.task.classifies:
             arrays.update(classes=self.classes, probabilities=self.probabilities)
             if self.class_names:
                 arrays["class_names"] = np.array(self.class_names, dtype=str)
@@ -187,7 +191,7 @@ def evaluate_samples(model: Predictor, samples: Samples, env: DistEnv, comm: Com
             x, y = samples.fetch(lo, hi)
             yield Batch(x.to(env.device), y.to(env.device))
 
-    detail = Detail(spec.num_outputs, top_k, spec.loss, spec.class_names) if spec.task == "classification" else None
+    detail = Detail(spec.num_outputs, top_k, spec.loss, spec.class_names) if spec.task.classifies else None
     sums, error = None, None
     try:
         sums = local_sums(model, batches(), build_loss(spec.loss, spec.task), env.device, spec.task,

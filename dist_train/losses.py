@@ -15,6 +15,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from dist_train.tasks import CLASSIFICATION, REGRESSION, Task
+
+
 LossFn = Callable[..., torch.Tensor]  # (outputs, targets, reduction="sum"|"mean"|"none") -> loss
 
 
@@ -60,12 +63,13 @@ def _regression(kind: str) -> LossFn:
     return loss
 
 
-LOSSES: dict[str, dict[str, LossFn]] = {
-    "classification": {"cross_entropy": _cross_entropy, "binary_cross_entropy": _binary_cross_entropy,
-                       "mse": _onehot_mse},
-    "regression": {"mse": _regression("mse"), "l1": _regression("l1"), "huber": _regression("huber")},
+#: each task's losses by name (the names are Task.losses)
+LOSSES: dict[Task, dict[str, LossFn]] = {
+    CLASSIFICATION: {"cross_entropy": _cross_entropy, "binary_cross_entropy": _binary_cross_entropy,
+                     "mse": _onehot_mse},
+    REGRESSION: {"mse": _regression("mse"), "l1": _regression("l1"), "huber": _regression("huber")},
 }
 
 
-def build_loss(name: str, task: str = "classification") -> LossFn:
-    return LOSSES[task][name]
+def build_loss(name: str, task: Task = CLASSIFICATION) -> LossFn:
+    return LOSSES[Task(task)][name]

@@ -16,6 +16,7 @@ from torch import nn
 from dist_train.comm import Comm
 from dist_train.data.loader import Batch
 from dist_train.losses import LossFn, as_outputs
+from dist_train.tasks import CLASSIFICATION, Task
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Detail:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, comm: Comm, device: str,
-             task: str = "classification", num_outputs: int = 1, detail: Detail | None = None) -> dict[str, Any]:
+             task: Task = CLASSIFICATION, num_outputs: int = 1, detail: Detail | None = None) -> dict[str, Any]:
     """The loss and the task's metrics over a whole split: this rank's share,
     then one all-reduce of float64 sums. Classification: accuracy (and, with
     `detail`, more). Regression: mean squared and absolute error over every
@@ -40,12 +41,14 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, comm: 
     per output, averaged over outputs as scikit-learn's r2_score does: the one
     definition of R^2 in dist-train). The model must be the plain module (not
     a DDP wrapper: its forward would communicate)."""
+    task = Task(task)
     return reduce_sums(local_sums(model, batches, loss_fn, device, task, num_outputs, detail), comm, task, detail)
 
 
-def local_sums(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, device: str, task: str = "classification",
+def local_sums(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, device: str, task: Task = CLASSIFICATION,
                num_outputs: int = 1, detail: Detail | None = None) -> torch.Tensor:
     """This rank's float64 sums over its share of a split (no communication)."""
+    task = Task(task)
     was_training = model.training
     model.eval()
     sums: torch.Tensor | None = None
@@ -61,29 +64,30 @@ def local_sums(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, devi
     return sums
 
 
-def reduce_sums(sums: torch.Tensor, comm: Comm, task: str = "classification",
+def reduce_sums(sums: torch.Tensor, comm: Comm, task: Task = CLASSIFICATION,
                 detail: Detail | None = None) -> dict[str, Any]:
     """Collective: every rank's sums added up, and the metrics from them."""
+    task = Task(task)
     comm.all_reduce_sum(sums)
     values = sums.tolist()
-    found: dict[str, Any] = _metrics(values[:3] if task == "classification" else values, task)
-    if detail is not None and task == "classification":
+    found: dict[str, Any] = _metrics(values[:3] if task.classifies else values, task)
+    if detail is not None and task.classifies:
         found["error"] = 1.0 - found["accuracy"]  # top-1
         found.update(_detailed(values[3:], found["count"], detail))
     return found
 
 
-def _size(task: str, num_outputs: int, detail: Detail | None) -> int:
-    if task != "classification":
+def _size(task: Task, num_outputs: int, detail: Detail | None) -> int:
+    if not task.classifies:
         return 2 + 4 * num_outputs
     return 3 + (2 + detail.num_classes ** 2 if detail is not None else 0)
 
 
-def _part(outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, task: str,
+def _part(outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, task: Task,
           detail: Detail | None) -> torch.Tensor:
     """One batch's sums (float64)."""
     count = torch.tensor([targets.shape[0]], dtype=torch.float64, device=outputs.device)
-    if task == "classification":
+    if task.classifies:
         predicted = outputs.argmax(dim=1)
         part = torch.stack([loss, (predicted == targets).sum().double(), count[0]])
         if detail is None:
@@ -139,8 +143,8 @@ def _detailed(sums: list[float], count: int, detail: Detail) -> dict[str, Any]:
             "macro_f1": float(f1.mean()), "class_names": names, "confusion_matrix": confusion.tolist()}
 
 
-def _metrics(sums: list[float], task: str) -> dict[str, float]:
-    if task == "classification":
+def _metrics(sums: list[float], task: Task) -> dict[str, float]:
+    if task.classifies:
         loss_sum, correct, count = sums
         if count == 0:
             return {"loss": float("nan"), "accuracy": float("nan"), "count": 0}

@@ -11,6 +11,7 @@ from torch import nn
 
 from dist_train.config import ModelConfig
 from dist_train.errors import ConfigError
+from dist_train.tasks import CLASSIFICATION, Task
 from dist_train.user_code import call_with, resolve_callable
 
 LEAKY_SLOPE = 0.01
@@ -91,21 +92,15 @@ def check_model(cfg: ModelConfig, input_shape: tuple[int, ...] | None) -> None:
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int,
-                task: str = "classification") -> nn.Module:
+                task: Task = CLASSIFICATION) -> nn.Module:
     """The model for inputs of `input_shape` (without the batch dim): a user's
     (`cfg.class_path`, called with init_args, and with input_shape and
     num_classes or num_outputs when it asks; its own initialization), or the
     built-in one named by `cfg.name`."""
+    task = Task(task)
     if cfg.class_path:
-        offered = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
-        if task == "classification":
-            offered["num_classes"] = num_outputs
-        model = call_with("model.class_path", resolve_callable("model.class_path", cfg.class_path), cfg.init_args,
-                          offered)
-        if not isinstance(model, nn.Module):
-            raise ConfigError("model.class_path", f"{cfg.class_path} returned a {type(model).__name__}, not a torch "
-                              "nn.Module")
-        return model
+        return user_model("model.class_path", resolve_callable("model.class_path", cfg.class_path), cfg.init_args,
+                          task.offered(input_shape, num_outputs), cfg.class_path)
     check_model(cfg, input_shape)
     if cfg.name == "mlp":
         model: nn.Module = MLP(math.prod(input_shape), cfg.hidden_sizes, num_outputs,
@@ -118,7 +113,16 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int
     return model
 
 
-def check_outputs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: str, num_outputs: int,
+def user_model(key: str, factory: Callable[..., object], init_args: dict, offered: dict, name: str) -> nn.Module:
+    """A model of the user's own: `factory` called with `init_args` and what
+    it asks for of `offered` (Task.offered); it must give an nn.Module."""
+    model = call_with(key, factory, init_args, offered)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(key, f"{name} returned a {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def check_outputs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: Task, num_outputs: int,
                   key: str = "model") -> None:
     """One forward pass of a few samples: the outputs must fit the targets
     (a score per class, or one value per target value), before the first step."""
@@ -136,7 +140,7 @@ def check_outputs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     if not isinstance(outputs, torch.Tensor):
         raise ConfigError(key, f"the model returned a {type(outputs).__name__}, not a tensor of outputs")
     n = len(inputs)
-    if task == "classification":
+    if Task(task).classifies:
         want, what = (n, num_outputs), f"one score per class ({num_outputs} classes)"
     else:
         want, what = (n, num_outputs), f"one value per target value ({num_outputs})"

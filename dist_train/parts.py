@@ -14,14 +14,14 @@ from dist_train.comm import Comm
 from dist_train.config import Config, to_dict
 from dist_train.data import TrainData, build_data
 from dist_train.env import DistEnv
-from dist_train.losses import LossFn, build_loss
+from dist_train.losses import build_loss
 from dist_train.models import build_model, check_outputs
 from dist_train.optim import build_optimizer
-from dist_train.predictor import PredictorSpec, config_recipe, spec_for
+from dist_train.predictor import config_recipe, spec_for
 from dist_train.resolve import Resolved
 from dist_train.rng import rank_seed, seed_everything
 from dist_train.schedules import LRSchedule
-from dist_train.strategy import Strategy, build_strategy
+from dist_train.strategy import build_strategy
 from dist_train.sync_batchnorm import convert_sync_batchnorm
 from dist_train.tasks import check_task
 from dist_train.trainer import Parts

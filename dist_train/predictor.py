@@ -29,6 +29,7 @@ from dist_train.config import ModelConfig, to_dict
 from dist_train.data.normalization import Preprocess
 from dist_train.data.sources import InputSpec
 from dist_train.errors import DistTrainError
+from dist_train.tasks import Task
 
 FORMAT = "dist-train-predictor/1"
 
@@ -92,11 +93,14 @@ def object_recipe(model: Any) -> dict[str, Any]:
 class PredictorSpec:
     recipe: dict[str, Any]
     inputs: InputSpec
-    task: str  # "classification" or "regression"
+    task: Task
     num_outputs: int  # scores per sample (classes) or regression values
     loss: str  # train.loss: softmax or sigmoid probabilities
     target_shape: tuple[int, ...] = ()
     data: dict[str, Any] = field(default_factory=dict)  # the run's data config: what `evaluate` reads by default
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task(self.task))  # a Task, or its name
 
     @property
     def class_names(self) -> tuple[str, ...] | None:
@@ -106,7 +110,7 @@ class PredictorSpec:
     # read back into a run (it is rebuilt from the data at every start)
     def state_dict(self) -> dict[str, Any]:
         p = self.inputs.preprocess
-        return {"format": FORMAT, "recipe": self.recipe, "task": self.task, "num_outputs": self.num_outputs,
+        return {"format": FORMAT, "recipe": self.recipe, "task": self.task.value, "num_outputs": self.num_outputs,
                 "loss": self.loss, "target_shape": list(self.target_shape), "data": self.data,
                 "inputs": {"shape": list(self.inputs.shape), "dtype": self.inputs.dtype,
                            "normalize": self.inputs.normalize, "mean": p.mean, "inv_std": p.inv_std,
@@ -126,7 +130,8 @@ class PredictorSpec:
         names = tuple(i["class_names"]) if i.get("class_names") else None
         inputs = InputSpec(tuple(i["shape"]), i["dtype"], Preprocess(i["mean"], i["inv_std"]), i["normalize"],
                            names, dict(i.get("source") or {}))
-        return cls(state["recipe"], inputs, state["task"], int(state["num_outputs"]), state["loss"],
+        task = Task.of(state["task"], f"{where}: task")
+        return cls(state["recipe"], inputs, task, int(state["num_outputs"]), state["loss"],
                    tuple(state.get("target_shape") or ()), dict(state.get("data") or {}))
 
 
@@ -164,7 +169,8 @@ class Predictor(nn.Module):
         self.eval()
 
     @property
-    def task(self) -> str:
+    def task(self) -> Task:
+        """classification or regression (a str enum: compares equal to its name)."""
         return self.spec.task
 
     @property
@@ -198,7 +204,7 @@ class Predictor(nn.Module):
         """Class indices (classification) or the predicted values in the
         targets' shape (regression), for a batch or one sample."""
         out, single = self._batched(inputs)
-        if self.task == "classification":
+        if self.task.classifies:
             found = out.argmax(dim=1)
         else:
             found = out.reshape(len(out), *self.spec.target_shape)
@@ -207,7 +213,7 @@ class Predictor(nn.Module):
     def predict_proba(self, inputs: Any) -> torch.Tensor:
         """Class probabilities (softmax; a sigmoid per class for a network
         trained with binary cross-entropy), for a batch or one sample."""
-        if self.task != "classification":
+        if not self.task.classifies:
             raise DistTrainError("predict_proba is for classifiers; this model predicts real values (use predict)")
         out, single = self._batched(inputs)
         found = probabilities(out, self.spec.loss)

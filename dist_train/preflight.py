@@ -10,7 +10,7 @@ from dist_train.config import Config
 from dist_train.data import check_data
 from dist_train.models import check_model
 from dist_train.resolve import Resolved, resolve
-from dist_train.tasks import check_task
+from dist_train.tasks import CLASSIFICATION, Task, check_task
 
 
 def check_job(cfg: Config, world_size: int) -> Resolved:
@@ -20,11 +20,11 @@ def check_job(cfg: Config, world_size: int) -> Resolved:
     if facts.task is not None:  # a custom source tells only when built (dist_train.parts checks it then)
         check_task(cfg, facts.task)
     if resolved.strategy == "fsdp" and cfg.strategy.fsdp_modules and facts.input_shape is not None:
-        check_fsdp_units(cfg, facts.input_shape, facts.task or "classification")
+        check_fsdp_units(cfg, facts.input_shape, facts.task or CLASSIFICATION)
     return resolved
 
 
-def check_fsdp_units(cfg: Config, input_shape: tuple[int, ...], task: str) -> None:
+def check_fsdp_units(cfg: Config, input_shape: tuple[int, ...], task: Task) -> None:
     """strategy.fsdp_modules must name module classes of the network: built on
     the meta device (no memory) and looked at. A network that cannot be built
     there is checked when the workers build it."""

@@ -38,7 +38,6 @@ from dist_train.rng import RankStreams
 from dist_train.stop_request import StopRequest
 from dist_train.schedules import LRSchedule
 from dist_train.strategy import Strategy, StrategyWeights
-from dist_train.tasks import METRICS
 from dist_train.tracking import NullTracker, Tracker
 from dist_train.train_state import TrainState
 from dist_train.watchdog import WARMUP_STEPS, NoWatchdog
@@ -286,12 +285,12 @@ class Trainer:
         most = max(self.comm.gather_object(len(batches)))
         empty = Batch(torch.empty((0, *self.data.input_shape), device=self.env.device),
                       torch.empty((0, *self.data.target_shape), device=self.env.device,
-                                  dtype=torch.int64 if self.data.task == "classification" else torch.float32))
+                                  dtype=self.data.task.target_dtype))
         return batches + [empty] * (most - len(batches))
 
     def _named(self, split: str, metrics: dict[str, float]) -> dict[str, float]:
         """val_loss, val_accuracy (or val_mse, val_mae, val_r2), ... for records and monitors."""
-        return {f"{split}_{name}": metrics[name] for name in ("loss", *METRICS[self.data.task])}
+        return {f"{split}_{name}": metrics[name] for name in ("loss", *self.data.task.metrics)}
 
     # ------------------------------------------------------------ decisions
 

@@ -16,6 +16,7 @@ from dist_train.data.sampler import ShardedBatchPlan
 from dist_train.data.sources import Splits, build_splits, input_shape_of, task_of
 from dist_train.env import DistEnv
 from dist_train.resolve import Resolved
+from dist_train.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class DataFacts:
     and the task, when the source tells (None: only the data itself will)."""
 
     input_shape: tuple[int, ...] | None
-    task: str | None
+    task: Task | None
 
 
 def check_data(cfg: Config, world_size: int) -> DataFacts:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dist_train.tasks import CLASSIFICATION, REGRESSION, Task
+
 
 DIGITS_SHAPE = (1, 8, 8)
 
@@ -20,16 +22,19 @@ class RawSet:
     targets: np.ndarray  # int64 class indices (N,), or float32 real values (N,) for a regression set
     input_shape: tuple[int, ...]
     num_classes: int  # 0 for a regression set
-    task: str = "classification"  # or "regression"
+    task: Task = CLASSIFICATION
     class_names: tuple[str, ...] | None = None
     feature_names: tuple[str, ...] | None = None  # of tabular sets, in order
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task(self.task))  # a Task, or its name
 
 
 #: scikit-learn's small tabular sets, shipped with the package (no download):
 #: name -> (loader name, number of features, task)
-TABULAR = {"breast_cancer": ("load_breast_cancer", 30, "classification"),
-           "wine": ("load_wine", 13, "classification"),
-           "diabetes": ("load_diabetes", 10, "regression")}
+TABULAR = {"breast_cancer": ("load_breast_cancer", 30, CLASSIFICATION),
+           "wine": ("load_wine", 13, CLASSIFICATION),
+           "diabetes": ("load_diabetes", 10, REGRESSION)}
 
 
 def tabular(name: str) -> RawSet:
@@ -43,9 +48,9 @@ def tabular(name: str) -> RawSet:
     bunch = getattr(sklearn.datasets, loader)()
     inputs = bunch.data.astype(np.float32)
     names = tuple(str(n) for n in bunch.feature_names)
-    if task == "regression":
-        return RawSet(inputs, bunch.target.astype(np.float32), (features,), 0, task, feature_names=names)
-    return RawSet(inputs, bunch.target.astype(np.int64), (features,), int(bunch.target.max()) + 1, task,
+    if not task.classifies:
+        return RawSet(inputs, bunch.target.astype(task.numpy_dtype), (features,), 0, task, feature_names=names)
+    return RawSet(inputs, bunch.target.astype(task.numpy_dtype), (features,), int(bunch.target.max()) + 1, task,
                   tuple(str(n) for n in bunch.target_names), names)
 
 

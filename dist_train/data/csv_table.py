@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dist_train.data.targets import Targets, check_task, class_indices, real_values
+from dist_train.tasks import Task
 from dist_train.errors import DistTrainError
 
 
@@ -161,7 +162,7 @@ def _targets(labels: list[str], lines: list[int], task: str, where: str) -> Targ
         raise DistTrainError(f"{where} mixes numbers (line {lines[first_number]}: {labels[first_number]!r}) with "
                              f"other values (line {lines[first_other]}: {labels[first_other]!r}); fix those cells, "
                              "or pass --task classification to make every distinct value a class name")
-    if task == "regression":
+    if task != "auto" and not Task(task).classifies:
         if not all(numeric):
             bad = numeric.index(False)
             raise DistTrainError(f"{where}, line {lines[bad]}: {labels[bad]!r} is not a (finite) number, as a "

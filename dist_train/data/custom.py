@@ -21,7 +21,6 @@ statistics (one pass over it at start, on every rank) unless
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,6 +35,7 @@ from dist_train.data.sources import InputSpec
 from dist_train.env import DistEnv
 from dist_train.errors import ConfigError
 from dist_train.stop_request import ignore_stop_signals
+from dist_train.tasks import Task
 from dist_train.user_code import call_with, resolve_callable
 
 KEY = "data.class_path"
@@ -105,16 +105,13 @@ class CustomData:
         x, y = fetch_items(self.train_set, [0])
         self.input_shape = tuple(x.shape[1:])
         self.input_dtype = x.dtype
-        if y.dtype.is_floating_point:
-            self.task, self.num_classes = "regression", 0
-            self.target_shape = tuple(y.shape[1:])
-            self.num_outputs = math.prod(self.target_shape)
-        elif y.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) and y.dim() == 1:
-            self.task, self.target_shape = "classification", ()
-            self.num_classes = self.num_outputs = _num_classes(self.train_set)
-        else:
+        task = Task.of_targets(y.dtype, y.dim())
+        if task is None:
             raise ConfigError(KEY, f"dataset targets of dtype {y.dtype} and shape {tuple(y.shape[1:])} are neither class "
                               "indices (an integer per item) nor real values (float)")
+        self.task, self.target_shape = task, tuple(y.shape[1:])
+        self.num_classes = _num_classes(self.train_set) if task.classifies else 0
+        self.num_outputs = task.num_outputs(self.num_classes, self.target_shape)
         self.train_size = len(self.train_set)
         self.stats = _statistics(self.train_set, self.input_shape) if cfg.normalize != "none" else {}
         self.normalize = Normalizer(self.stats, self.input_shape, cfg.normalize, env.device)
@@ -130,8 +127,7 @@ class CustomData:
 
     def empty_batch(self, on_device: bool = True) -> Batch:
         x = torch.empty((0, *self.input_shape), dtype=self.input_dtype)
-        dtype = torch.float32 if self.task == "regression" else torch.int64
-        y = torch.empty((0, *self.target_shape), dtype=dtype)
+        y = torch.empty((0, *self.target_shape), dtype=self.task.target_dtype)
         return self.batch(x, y) if on_device else Batch(x, y)
 
     def example_batch(self) -> Batch:

@@ -77,7 +77,7 @@ def check_inputs(shape: tuple[int, ...], spec: Any, what: str) -> None:
 def class_targets(values: np.ndarray, spec: Any, what: str, names_of: Callable[[int], str]) -> np.ndarray:
     """Class indices checked against the model's classes; text labels are
     looked up in its class names."""
-    if spec.task != "classification":
+    if not spec.task.classifies:
         values = np.asarray(values, dtype=np.float64)
         want = (len(values), *spec.target_shape)
         if values.size != int(np.prod(want)):
@@ -181,7 +181,7 @@ def csv_samples(path: Path, spec: Any, targets: bool) -> Samples:
             raise DistTrainError(f"{path} has no target column {target!r}, which evaluation needs")
         at = header.index(target)
         labels = [row[at].strip() for _, row in rows]
-        if spec.task == "classification" and spec.class_names is not None:
+        if spec.task.classifies and spec.class_names is not None:
             raw: np.ndarray = np.array(labels, dtype=str)
         else:
             numbers = numeric_columns(path, header, rows, [target], "fix the targets")

@@ -12,6 +12,7 @@ from dist_train.data.normalization import Preprocess
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
 from dist_train.data.sources import InputSpec, Split, Splits
 from dist_train.env import DistEnv
+from dist_train.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class TrainData(Protocol):
 
     train: TrainLoader
     input_shape: tuple[int, ...]
-    task: str  # "classification" (class index targets) or "regression" (real values)
+    task: Task
     num_classes: int  # 0 for regression
     num_outputs: int  # what the model outputs per sample: a score per class, or one value per target
     train_size: int

@@ -36,12 +36,11 @@ from dist_train.data.normalization import Normalizer, normalization_stats
 from dist_train.data.sampler import even_slices
 from dist_train.data.sources import InputSpec
 from dist_train.errors import DistTrainError
+from dist_train.tasks import CLASSIFICATION, Task
 
 FORMAT = "dist-train-shards/1"
 SPLITS = ("train", "val", "test")
 FIELDS = ("inputs.npy", "targets.npy")
-TASKS = ("classification", "regression")
-TARGET_DTYPES = {"classification": np.dtype(np.int64), "regression": np.dtype(np.float32)}
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class Manifest:
     block_size: int
     splits: dict[str, tuple[ShardInfo, ...]]
     normalization: dict[str, dict[str, list[float]]]
-    task: str = "classification"
+    task: Task = CLASSIFICATION
     class_names: tuple[str, ...] | None = None  # index -> name, when the source named its classes
     target_shape: tuple[int, ...] = ()  # one sample's target: () for a class index or one real value, (K,) for K
     source: dict[str, Any] = field(default_factory=dict)  # where the data came from (CSV columns, image size, ...)
@@ -74,7 +73,7 @@ class Manifest:
     @property
     def num_outputs(self) -> int:
         """The model's outputs: one per class, or one per regression value."""
-        return self.num_classes if self.task == "classification" else int(np.prod(self.target_shape))
+        return self.task.num_outputs(self.num_classes, self.target_shape)
 
     def input_spec(self, normalizer: Normalizer) -> InputSpec:
         """The raw inputs as stored and their preprocessing, for a model bundle."""
@@ -83,7 +82,7 @@ class Manifest:
 
     def expected_targets(self, n: int) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of a block of `n` samples' targets."""
-        return (n, *self.target_shape), TARGET_DTYPES[self.task]
+        return (n, *self.target_shape), self.task.numpy_dtype
 
 
 # ------------------------------------------------------------------ writing
@@ -96,7 +95,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def write_dataset(out: Path, name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,
                   shards: dict[str, int], block_size: int = 256, source: dict[str, Any] | None = None, *,
-                  task: str = "classification", class_names: tuple[str, ...] | None = None) -> Manifest:
+                  task: Task = CLASSIFICATION, class_names: tuple[str, ...] | None = None) -> Manifest:
     """Write `splits` (name -> (inputs, targets) in the order to store them) as
     shards under `out`, replacing a data set already there. Deterministic: the
     same arrays give byte-identical files. Classification stores the targets
@@ -104,15 +103,14 @@ def write_dataset(out: Path, name: str, splits: dict[str, tuple[np.ndarray, np.n
     `num_classes` 0."""
     import webdataset as wds
 
-    if task not in TASKS:
-        raise ValueError(f"task {task!r} is not one of {TASKS}")
-    target_dtype = TARGET_DTYPES[task]
+    task = Task(task)  # ValueError for a name that is none
+    target_dtype = task.numpy_dtype
     target_shape = tuple(splits["train"][1].shape[1:])
     for split, (_, targets) in splits.items():
-        if tuple(targets.shape[1:]) != target_shape or (task == "classification" and target_shape):
+        if tuple(targets.shape[1:]) != target_shape or (task.classifies and target_shape):
             raise ValueError(f"{split}: targets of shape {targets.shape} do not fit task {task} "
                              f"(train targets {splits['train'][1].shape})")
-    if class_names is not None and (task != "classification" or len(class_names) != num_classes):
+    if class_names is not None and (not task.classifies or len(class_names) != num_classes):
         raise ValueError(f"{len(class_names)} class names for task {task} with {num_classes} classes")
     out = Path(out)
     if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
@@ -160,15 +158,15 @@ def write_dataset(out: Path, name: str, splits: dict[str, tuple[np.ndarray, np.n
     return load_manifest(out)
 
 
-def _task_fields(task: str, num_classes: int, class_names: tuple[str, ...] | None,
+def _task_fields(task: Task, num_classes: int, class_names: tuple[str, ...] | None,
                  target_shape: tuple[int, ...]) -> dict[str, Any]:
     """The manifest's task fields. Plain classification writes only num_classes,
     exactly as before these fields existed."""
-    if task == "regression":
-        return {"task": task, "num_classes": 0, "target_shape": list(target_shape),
-                "num_outputs": int(np.prod(target_shape))}
+    if not task.classifies:
+        return {"task": task.value, "num_classes": 0, "target_shape": list(target_shape),
+                "num_outputs": task.num_outputs(0, target_shape)}
     if class_names is not None:
-        return {"task": task, "num_classes": num_classes, "class_names": list(class_names)}
+        return {"task": task.value, "num_classes": num_classes, "class_names": list(class_names)}
     return {"num_classes": num_classes}
 
 
@@ -197,9 +195,7 @@ def load_manifest(root: Path) -> Manifest:
         raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT:
             raise DistTrainError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}; prepare the data again")
-        task = raw.get("task", "classification")
-        if task not in TASKS:
-            raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}")
+        task = Task(raw.get("task", CLASSIFICATION.value))  # ValueError: a manifest that is not ours
         class_names = raw.get("class_names")
         if class_names is not None and len(class_names) != int(raw["num_classes"]):
             raise ValueError(f"{len(class_names)} class_names for num_classes {raw['num_classes']}")

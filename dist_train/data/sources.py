@@ -16,6 +16,7 @@ import torch
 from dist_train.config import DataConfig
 from dist_train.data.builtin import DIGITS_SHAPE, TABULAR, RawSet, digits, synthetic, tabular
 from dist_train.data.normalization import Normalizer, Preprocess, normalization_stats
+from dist_train.tasks import CLASSIFICATION, Task
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,16 @@ class Splits:
     test: Split
     input_shape: tuple[int, ...]
     num_classes: int  # 0 for real-valued targets
-    task: str = "classification"  # or "regression"
+    task: Task = CLASSIFICATION
     input_spec: InputSpec | None = None  # None: inputs made by hand (tests), float32 and not normalized
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task(self.task))  # a Task, or its name
 
     @property
     def num_outputs(self) -> int:
         """What the model must output per sample: a score per class, or one value per target."""
-        return self.num_classes if self.task == "classification" else int(np.prod(self.train.targets.shape[1:]))
+        return self.task.num_outputs(self.num_classes, tuple(self.train.targets.shape[1:]))
 
 
 def input_shape_of(cfg: DataConfig) -> tuple[int, ...]:
@@ -68,11 +72,11 @@ def input_shape_of(cfg: DataConfig) -> tuple[int, ...]:
     return (cfg.num_features,)
 
 
-def task_of(cfg: DataConfig) -> str | None:
-    """classification or regression for a built-in source; None when only the data knows."""
+def task_of(cfg: DataConfig) -> Task | None:
+    """The task of a built-in source; None when only the data knows."""
     if cfg.source in TABULAR:
         return TABULAR[cfg.source][2]
-    return "classification" if cfg.source in ("digits", "synthetic") else None
+    return CLASSIFICATION if cfg.source in ("digits", "synthetic") else None
 
 
 def raw_set(cfg: DataConfig) -> RawSet:
@@ -111,7 +115,7 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tuple[int, ...],
-                        num_classes: int, cfg: DataConfig, task: str = "classification",
+                        num_classes: int, cfg: DataConfig, task: Task = CLASSIFICATION,
                         class_names: tuple[str, ...] | None = None, source: dict[str, Any] | None = None) -> Splits:
     """Split with `cfg.split_seed` and normalize every split with the training
     split's statistics, once, on the CPU (the loaders then move the samples)."""
@@ -122,7 +126,7 @@ def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tu
     spec = InputSpec(tuple(input_shape), str(inputs.dtype), normalize.preprocess, cfg.normalize, class_names,
                      source or {})
     x = normalize(torch.from_numpy(inputs))
-    y = torch.from_numpy(targets.astype(np.int64 if task == "classification" else np.float32))
+    y = torch.from_numpy(targets.astype(task.numpy_dtype))
 
     def take(idx: np.ndarray) -> Split:
         index = torch.from_numpy(idx)

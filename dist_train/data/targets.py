@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dist_train.errors import DistTrainError
+from dist_train.tasks import CLASSIFICATION, REGRESSION, Task
 
-TASKS = ("auto", "classification", "regression")
+TASKS = ("auto", *(t.value for t in Task))  # what --task accepts
 SampleName = Callable[[int], str]  # how an error names sample i ("sample 7", "line 9")
 
 
@@ -23,9 +24,12 @@ def _sample(i: int) -> str:
 @dataclass(frozen=True)
 class Targets:
     values: np.ndarray  # int64 (N,) class indices, or float32 (N,) / (N, K) regression values
-    task: str  # "classification" | "regression"
+    task: Task
     num_classes: int  # 0 for regression
     class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task(self.task))  # a Task, or its name
 
 
 def check_task(task: str) -> None:
@@ -56,7 +60,7 @@ def class_indices(values: np.ndarray, where: str, class_names: tuple[str, ...] |
                              "index; class indices run from 0 to (classes - 1): relabel the classes, or pass "
                              "--task regression to predict the value")
     num_classes = len(class_names) if class_names is not None else int(indices.max()) + 1
-    return Targets(indices, "classification", num_classes, class_names)
+    return Targets(indices, CLASSIFICATION, num_classes, class_names)
 
 
 def real_values(values: np.ndarray, where: str, sample: SampleName = _sample) -> Targets:
@@ -70,7 +74,7 @@ def real_values(values: np.ndarray, where: str, sample: SampleName = _sample) ->
     if len(bad):
         raise DistTrainError(f"{where}: the target of {sample(bad[0])} is {values[bad[0]].tolist()!r}, not a finite "
                              "number (NaN, infinite or beyond float32); fix or drop that sample")
-    return Targets(out, "regression", 0)
+    return Targets(out, REGRESSION, 0)
 
 
 def array_targets(values: np.ndarray, task: str, where: str) -> Targets:
@@ -78,6 +82,5 @@ def array_targets(values: np.ndarray, task: str, where: str) -> Targets:
     shape (N,) holds class indices, anything else is regression; the dtype
     says what the numbers are, where a CSV cell cannot."""
     check_task(task)
-    if task == "auto":
-        task = "classification" if values.dtype.kind in "iub" and values.ndim == 1 else "regression"
-    return class_indices(values, where) if task == "classification" else real_values(values, where)
+    chosen = (Task.of_targets(values.dtype, values.ndim) or REGRESSION) if task == "auto" else Task(task)
+    return class_indices(values, where) if chosen.classifies else real_values(values, where)

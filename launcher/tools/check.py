@@ -34,6 +34,7 @@ from dist_train.resolve import resolve
 from dist_train.rng import seed_everything
 from dist_train.strategy import Precision
 from dist_train.strategy.single import SingleStrategy
+from dist_train.tasks import CLASSIFICATION, Task
 
 PROBE_SAMPLES = 512  # training examples the initial loss and the input statistics are measured on
 # The highest initial loss that passes: that of outputs with this std, independent
@@ -103,7 +104,7 @@ def training_examples(data: object, count: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def _fresh_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int, device: torch.device,
-                 task: str = "classification") -> nn.Module:
+                 task: Task = CLASSIFICATION) -> nn.Module:
     seed_everything(cfg.train.seed)  # the weights training would start from
     return build_model(cfg.model, input_shape, num_classes, task).to(device)
 
@@ -129,9 +130,9 @@ def loss_of_random_outputs(loss_fn: object, num_classes: int, std: float, sample
 
 
 def check_initial_loss(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, input_shape: tuple[int, ...],
-                       num_classes: int, diag: InitDiagnostics, task: str = "classification") -> CheckResult:
+                       num_classes: int, diag: InitDiagnostics, task: Task = CLASSIFICATION) -> CheckResult:
     name = "initial loss"
-    expected = expected_initial_loss(cfg.train.loss, num_classes) if task == "classification" else None
+    expected = expected_initial_loss(cfg.train.loss, num_classes) if task.classifies else None
     if expected is None:
         return CheckResult(name, None, f"{cfg.train.loss} has no fixed expected value at initialization")
     value, formula = expected
@@ -156,7 +157,7 @@ def check_initial_loss(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor,
 
 
 def diagnose_init(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, input_shape: tuple[int, ...],
-                  num_classes: int, task: str = "classification") -> InitDiagnostics:
+                  num_classes: int, task: Task = CLASSIFICATION) -> InitDiagnostics:
     model = _fresh_model(cfg, input_shape, num_classes, inputs.device, task)
     model.train()
     saturated: dict[str, list[float]] = {}
@@ -201,7 +202,7 @@ def init_hints(cfg: Config, diag: InitDiagnostics) -> list[str]:
 # ------------------------------------------------------------ 2. overfit a subset
 
 def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, input_shape: tuple[int, ...],
-                  num_classes: int, max_steps: int, diag: InitDiagnostics, task: str = "classification") -> CheckResult:
+                  num_classes: int, max_steps: int, diag: InitDiagnostics, task: Task = CLASSIFICATION) -> CheckResult:
     n = len(targets)
     name = f"overfit {n} examples"
     # regularization off: the question is whether the model can fit at all
@@ -228,7 +229,7 @@ def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, inpu
         if steps % 10 == 0 or steps == max_steps:
             accuracy = _fit_score(model, inputs, targets, task)
     first, last = losses[0] if losses else float("nan"), losses[-1] if losses else float("nan")
-    score = "training accuracy" if task == "classification" else "training R^2"
+    score = "training accuracy" if task.classifies else "training R^2"
     summary = (f"{accuracy:.0%} {score} after {steps} steps of {batch} examples (loss {first:.3g} -> "
                f"{last:.3g}; dropout and weight decay off)")
     if accuracy >= OVERFIT_ACCURACY:
@@ -247,7 +248,7 @@ def check_overfit(cfg: Config, inputs: torch.Tensor, targets: torch.Tensor, inpu
     return CheckResult(name, False, summary + f", expected at least {OVERFIT_ACCURACY:.0%}", hints)
 
 
-def _fit_score(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: str) -> float:
+def _fit_score(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: Task) -> float:
     """Training accuracy (classes) or R^2 (real values) on the subset, as the
     run's metrics define them (dist_train.metrics: R^2 per output, averaged)."""
     from dist_train.data.loader import Batch
@@ -257,9 +258,9 @@ def _fit_score(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ta
     with torch.no_grad():
         if not torch.isfinite(model(inputs)).all():
             return 0.0
-    loss = build_loss("cross_entropy" if task == "classification" else "mse", task)
+    loss = build_loss(task.losses[0], task)  # any of the task's: only the score is read
     found = evaluate(model, [Batch(inputs, targets)], loss, Comm(), str(inputs.device), task)
-    score = found["accuracy" if task == "classification" else "r2"]
+    score = found[task.score]
     return score if math.isfinite(score) else 0.0
 
 

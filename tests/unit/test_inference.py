@@ -15,6 +15,7 @@ from dist_train.errors import DistTrainError
 from dist_train.inference import Predictions
 from dist_train.losses import build_loss
 from dist_train.metrics import Detail, evaluate
+from dist_train.tasks import Task
 from tests.unit.test_bundle import spec_and_network
 
 
@@ -67,7 +68,7 @@ def test_r2_has_one_definition_per_output_averaged_as_scikit_learn_and_check_use
     assert found["r2"] == pytest.approx(expected, rel=1e-9)
     pooled = 1 - ((outputs - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()  # what `check` used to report
     assert abs(float(pooled) - expected) > 0.05  # the two definitions differ on these outputs
-    assert _fit_score(Outputs(), outputs, y, "regression") == pytest.approx(expected, rel=1e-6)
+    assert _fit_score(Outputs(), outputs, y, Task.REGRESSION) == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_predictions_csv_has_a_row_per_sample_with_the_top_k_classes():
