@@ -31,3 +31,15 @@ class ConfigError(DistTrainError):
         if hint:
             text += f" (hint: {hint})"
         super().__init__(text)
+
+
+#: problems named in one message before the rest are only counted
+MAX_NAMED = 10
+
+
+def name_some(items: list[str], limit: int = MAX_NAMED) -> str:
+    """Up to `limit` problems joined by "; ", then how many more ("a; b; and 3
+    more"): one message names every problem a user must fix, without growing
+    without bound."""
+    more = len(items) - limit
+    return "; ".join(items[:limit]) + (f"; and {more} more" if more > 0 else "")

@@ -63,48 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_launch.add_argument("overrides", metavar="KEY=VALUE|ARG", nargs="*",
                           help=OVERRIDES_HELP + " (for a script: its own arguments; put -- before ones starting with -)")
     add_resume_arguments(p_launch)
-    p_prep = sub.add_parser(
-        "prepare", help="write a data set as train/validation/test shards with a manifest",
-        description="Write NAME as webdataset shards (blocks of samples per tar member) plus manifest.json "
-                    "(sample counts, shapes, classes, training-split normalization statistics, SHA-256 of "
-                    "every shard). Deterministic; safe to re-run (written aside, then renamed into place).",
-    )
-    p_prep.add_argument("name", metavar="NAME", help="digits | idx (MNIST-format files, --source-dir) | "
-                        "fashion-mnist (idx from /usr/share/datasets/fashion-mnist) | synthetic | "
-                        "arrays (.npy/.npz, --inputs) | imagefolder (--source-dir ROOT/<class>/<image>) | "
-                        "csv (--csv FILE --target COLUMN)")
-    p_prep.add_argument("--out", required=True, help="directory to write, e.g. data/prepared/digits")
-    p_prep.add_argument("--source-dir", default=None, help="idx: directory with *-images-idx3-ubyte[.gz] and "
-                        "*-labels-idx1-ubyte[.gz]; imagefolder: ROOT holding one folder of images per class")
-    p_prep.add_argument("--shards", type=int, default=8,
-                        help="training shards; a multiple of ranks x loader workers (default 8)")
-    p_prep.add_argument("--eval-shards", type=int, default=2, help="validation and test shards each (default 2)")
-    p_prep.add_argument("--block-size", type=int, default=256, help="samples per tar member (default 256)")
-    p_prep.add_argument("--val-fraction", type=float, default=0.15, help="validation share (of train for IDX)")
-    p_prep.add_argument("--test-fraction", type=float, default=0.15, help="test share (all but IDX)")
-    p_prep.add_argument("--split-seed", type=int, default=0)
-    p_prep.add_argument("--num-samples", type=int, default=4096, help="synthetic: samples")
-    p_prep.add_argument("--input-shape", default="1,28,28", help="synthetic: C,H,W for uint8 images or F for features")
-    p_prep.add_argument("--num-classes", type=int, default=10, help="synthetic: classes")
-    p_prep.add_argument("--inputs", metavar="FILE", default=None,
-                        help="arrays: inputs .npy (N, ...), or one .npz holding inputs and targets")
-    p_prep.add_argument("--targets", metavar="FILE", default=None,
-                        help="arrays: targets .npy/.npz (default: from the --inputs .npz)")
-    p_prep.add_argument("--inputs-key", metavar="KEY", default=None,
-                        help="arrays: the inputs' name in an .npz (default: x, X or inputs)")
-    p_prep.add_argument("--targets-key", metavar="KEY", default=None,
-                        help="arrays: the targets' name in an .npz (default: y, Y, targets or labels)")
-    p_prep.add_argument("--csv", metavar="FILE", default=None,
-                        help="csv: the CSV file, a header line then one row per sample")
-    p_prep.add_argument("--target", metavar="COLUMN", default=None, help="csv: the target column")
-    p_prep.add_argument("--features", metavar="A,B,...", default=None,
-                        help="csv: feature columns (default: all but --target)")
-    p_prep.add_argument("--task", default=None, choices=["auto", "classification", "regression"],
-                        help="arrays, csv: what the targets are (default auto: see docs/data.md)")
-    p_prep.add_argument("--image-size", metavar="H[,W]", default=None,
-                        help="imagefolder: every image is resized to H x W (bilinear)")
-    p_prep.add_argument("--color", default=None, choices=["grey", "rgb"],
-                        help="imagefolder: 1 or 3 channels (default rgb)")
+    from launcher.prepare_command import add_prepare_parser
+
+    add_prepare_parser(sub)
     p_slurm = sub.add_parser("slurm", help="SLURM: render and submit sbatch scripts",
                              description="Work with a SLURM cluster. See slurm/ for the templates.")
     slurm_sub = p_slurm.add_subparsers(dest="slurm_command", metavar="SLURM_COMMAND", required=True)
@@ -354,38 +315,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from launcher.prepare_command import run_prepare
 
-    from dist_train.data.prepare import PrepareOptions, prepare
-
-    def integers(option: str, text: str, example: str) -> tuple[int, ...]:
-        try:
-            return tuple(int(v) for v in text.split(","))
-        except ValueError:
-            raise DistTrainError(f"{option} {text!r} must be integers separated by commas, e.g. {example}") from None
-
-    def path(text: str | None) -> Path | None:
-        return Path(text) if text else None
-
-    size = integers("--image-size", args.image_size, "32 or 32,48") if args.image_size else None
-    opts = PrepareOptions(out=Path(args.out), source_dir=path(args.source_dir),
-                          train_shards=args.shards, eval_shards=args.eval_shards, block_size=args.block_size,
-                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                          split_seed=args.split_seed, num_samples=args.num_samples,
-                          input_shape=integers("--input-shape", args.input_shape, "1,28,28"),
-                          num_classes=args.num_classes, inputs=path(args.inputs), targets=path(args.targets),
-                          inputs_key=args.inputs_key, targets_key=args.targets_key, task=args.task,
-                          csv=path(args.csv), target=args.target,
-                          features=tuple(f.strip() for f in args.features.split(",")) if args.features else None,
-                          image_size=size * 2 if size and len(size) == 1 else size, color=args.color)
-    manifest = prepare(args.name, opts)
-    counts = ", ".join(f"{split} {manifest.num_samples(split)} samples in {len(shards)} shards"
-                       for split, shards in manifest.splits.items())
-    task = (f"{manifest.num_classes} classes" if manifest.task == "classification"
-            else f"regression, targets {manifest.target_shape}")
-    print(f"prepared {args.name} in {manifest.root}: {counts}; inputs {manifest.input_shape} "
-          f"{manifest.input_dtype}, {task}")
-    return 0
+    return run_prepare(args)
 
 
 if __name__ == "__main__":

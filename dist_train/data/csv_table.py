@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from dist_train.data.targets import Targets, check_task, class_indices, real_values
+from dist_train.errors import MAX_NAMED, DistTrainError, name_some
 from dist_train.tasks import Task
-from dist_train.errors import DistTrainError
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,14 @@ def _columns_hint(header: list[str]) -> str:
     return hint
 
 
-#: bad cells named in one message before the rest are only counted
-MAX_NAMED = 10
 
 
 def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header (stripped names) and every data row with its line number.
     Blank lines are skipped; a row with another number of fields than the
-    header, a duplicated column name, a file that is not UTF-8 or not CSV:
-    one DistTrainError naming the file and line."""
+    header (all of them, up to MAX_NAMED), a duplicated column name, a file
+    that is not UTF-8 or not CSV: one DistTrainError naming the file and
+    line."""
     path = Path(path)
     if not path.is_file():
         raise DistTrainError(f"CSV file {path} does not exist")
@@ -76,45 +75,50 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             duplicate = next((h for i, h in enumerate(header) if h in header[:i]), None)
             if duplicate is not None:
                 raise DistTrainError(f"{path}: the header names column {duplicate!r} twice; rename one")
-            rows = []
+            rows, ragged = [], []
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # a blank line
                 if len(row) != len(header):
-                    raise DistTrainError(f"{path} line {reader.line_num} has {len(row)} fields, the header has "
-                                         f"{len(header)}; every row needs one value per column")
+                    ragged.append(f"line {reader.line_num} has {len(row)} fields")
                 rows.append((reader.line_num, row))
     except UnicodeDecodeError as exc:
         raise DistTrainError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8 CSV") from None
     except csv.Error as exc:
         raise DistTrainError(f"{path} is not a well-formed CSV file ({exc})") from None
+    if len(ragged) == 1:
+        raise DistTrainError(f"{path} {ragged[0]}, the header has {len(header)}; every row needs one value per column")
+    if ragged:
+        raise DistTrainError(f"{path}: {len(ragged)} rows have another number of fields than the header's "
+                             f"{len(header)}: {name_some(ragged)}; every row needs one value per column")
     if not rows:
         raise DistTrainError(f"{path} has a header but no rows of data")
     return header, rows
 
 
 def numeric_columns(path: Path, header: list[str], rows: list[tuple[int, list[str]]], columns: list[str],
-                    hint: str) -> np.ndarray:
+                    hint: str, hint_one: str | None = None) -> np.ndarray:
     """The cells of `columns` as float32 (N, len(columns)). Every cell that is
     not a finite number (or is beyond float32's range) is named, by line and
     column, in one error (up to MAX_NAMED of them, then a count); `hint` says
-    what to do."""
+    what to do (`hint_one`, when only one cell is bad)."""
     at = [header.index(c) for c in columns]
     values = np.empty((len(rows), len(columns)), dtype=np.float64)
     bad: list[str] = []
+    why = ""
     for i, (line, row) in enumerate(rows):
         for j, (column, k) in enumerate(zip(columns, at)):
             value = _number(row[k])
             if value is None or abs(value) > FLOAT32_MAX:
                 bad.append(f"line {line}, column {column!r}: {row[k]!r}")
+                why = "is not a (finite) number" if value is None else "is beyond float32's range"
                 value = 0.0
             values[i, j] = value
     if len(bad) == 1:
-        raise DistTrainError(f"{path} {bad[0]} is not a (finite) number within float32's range; {hint}")
+        raise DistTrainError(f"{path} {bad[0]} {why}; {hint_one or hint}")
     if bad:
-        shown = "; ".join(bad[:MAX_NAMED]) + (f"; and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else "")
-        raise DistTrainError(f"{path}: {len(bad)} cells are not (finite) numbers within float32's range: {shown}; "
-                             f"{hint}")
+        raise DistTrainError(f"{path}: {len(bad)} cells are not (finite) numbers within float32's range: "
+                             f"{name_some(bad)}; {hint}")
     return values.astype(np.float32)
 
 
@@ -136,7 +140,8 @@ def load_csv(path: Path, target: str | None, features: tuple[str, ...] | None, t
         raise DistTrainError(f"--features names a column twice: {', '.join(chosen)}")
     if not chosen:
         raise DistTrainError(f"{path} has no feature columns besides the target {target!r}")
-    inputs = numeric_columns(path, header, rows, chosen, "fix the values, or leave those columns out of --features")
+    inputs = numeric_columns(path, header, rows, chosen, "fix the values, or leave those columns out of --features",
+                             "fix the value, or leave the column out of --features")
     target_at = header.index(target)
     labels = [row[target_at].strip() for _, row in rows]
     lines = [line for line, _ in rows]

@@ -74,12 +74,24 @@ def load_arrays(inputs_path: Path, targets_path: Path | None, inputs_key: str | 
                 task: str) -> Arrays:
     """Inputs (N, ...) and targets (N,) or (N, K). Without `targets_path` the
     targets come from the inputs' .npz."""
-    inputs, used_inputs_key = read_array(inputs_path, inputs_key, INPUT_KEYS, "--inputs")
-    if targets_path is None and used_inputs_key is None:
-        raise DistTrainError(f"--inputs {inputs_path} is a .npy file holding only the inputs; give the targets "
-                             "with --targets FILE (.npy or .npz)")
+    problems = []  # both files are read before either is refused, so one run names what is wrong with both
+    try:
+        inputs, used_inputs_key = read_array(inputs_path, inputs_key, INPUT_KEYS, "--inputs")
+        if targets_path is None and used_inputs_key is None:
+            raise DistTrainError(f"--inputs {inputs_path} is a .npy file holding only the inputs; give the targets "
+                                 "with --targets FILE (.npy or .npz)")
+    except DistTrainError as exc:
+        problems.append(str(exc))
     targets_file = Path(targets_path) if targets_path is not None else Path(inputs_path)
-    targets, used_targets_key = read_array(targets_file, targets_key, TARGET_KEYS, "--targets")
+    if targets_path is not None or not problems:
+        try:
+            targets, used_targets_key = read_array(targets_file, targets_key, TARGET_KEYS, "--targets")
+        except DistTrainError as exc:
+            problems.append(str(exc))
+    if len(problems) > 1:
+        raise DistTrainError(f"neither file can be used: {'; and '.join(problems)}")
+    if problems:
+        raise DistTrainError(problems[0])
     where_x = f"{inputs_path}" + (f" [{used_inputs_key}]" if used_inputs_key else "")
     where_y = f"{targets_file}" + (f" [{used_targets_key}]" if used_targets_key else "")
     if inputs.ndim < 2:

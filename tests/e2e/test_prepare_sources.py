@@ -28,3 +28,24 @@ def test_command_line_prepares_a_csv_and_names_a_bad_cell_in_one_line(tmp_path):
     assert proc.stderr.splitlines() == [f"dist-train: error: {bad} line 4, column 'a': 'twelve' is not a (finite) "
                                         "number; fix the value, or leave the column out of --features"]
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_command_line_names_every_bad_image_in_one_line(tmp_path):
+    from PIL import Image
+
+    for i, cls in enumerate(["cat", "dog"]):
+        for j in range(6):
+            (tmp_path / "src" / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (9, 7), (40 * i, 20 * j, 90)).save(tmp_path / "src" / cls / f"{j}.png")
+    first, second = tmp_path / "src" / "cat" / "3.png", tmp_path / "src" / "dog" / "x.jpg"
+    first.write_bytes(first.read_bytes()[:30])  # truncated
+    second.write_text("not a JPEG")
+    proc = subprocess.run([sys.executable, "-m", "launcher", "prepare", "imagefolder", "--source-dir",
+                           str(tmp_path / "src"), "--image-size", "8", "--shards", "2", "--eval-shards", "1",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"dist-train: error: 2 problems in the image tree {tmp_path / 'src'}: ")
+    assert f"cannot decode image {first} (" in line and f"cannot decode image {second} (" in line
+    assert line.endswith("To fix: replace or delete the images that do not decode; then run the command again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no --out, nothing aside

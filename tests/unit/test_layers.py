@@ -57,3 +57,15 @@ def test_the_library_writes_the_environment_in_one_place_only():
     assert writes == ["worker_env.py"]
     slurm = sorted(str(p.relative_to(library)) for p in library.rglob("*.py") if "SLURM_" in p.read_text())
     assert slurm == ["slurm_env.py"]
+
+
+def test_only_the_task_knows_its_name():
+    """"classification"/"regression" are compared nowhere but dist_train/tasks.py:
+    everything else asks the Task (what it classifies, its dtype, losses, metrics)."""
+    import re
+
+    compared = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](classification|regression)["']""")
+    found = [f"{path.relative_to(REPO)}:{n}" for package in ("dist_train", "launcher")
+             for path in sorted((Path(REPO) / package).rglob("*.py")) if path.name != "tasks.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1) if compared.search(line)]
+    assert found == []

@@ -217,6 +217,77 @@ def test_an_image_that_does_not_decode_is_named_and_nothing_is_written(tmp_path,
     assert nothing_written(tmp_path, "src")
 
 
+def corrupt(path, damage):
+    """A file named like an image that does not decode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "truncated":
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:400])
+    else:
+        path.write_text("this is not an image\n")
+    return path
+
+
+def test_every_image_that_does_not_decode_is_named_in_one_error(tmp_path):
+    image_tree(tmp_path / "src")
+    first = corrupt(tmp_path / "src" / "cat" / "sub" / "broken.png", "truncated")
+    second = corrupt(tmp_path / "src" / "emu" / "notes.jpg", "text")
+    with pytest.raises(DistTrainError) as error:
+        prepare("imagefolder", options(tmp_path / "out", source_dir=tmp_path / "src", image_size=(8, 8)))
+    message = str(error.value)
+    assert message.startswith(f"2 problems in the image tree {tmp_path / 'src'}: cannot decode image {first} (")
+    assert f"; cannot decode image {second} (UnidentifiedImageError: " in message
+    assert message.endswith("To fix: replace or delete the images that do not decode; then run the command again")
+    assert nothing_written(tmp_path, "src") and not (tmp_path / "out").exists()
+    first.unlink()  # one left: the message of one bad file
+    with pytest.raises(DistTrainError, match=rf"^cannot decode image {second} \(.*\); it is not a readable PNG or "
+                                             "JPEG: replace or delete the file, then run the command again$"):
+        prepare("imagefolder", options(tmp_path / "out", source_dir=tmp_path / "src", image_size=(8, 8)))
+    second.unlink()
+    assert prepare("imagefolder", options(tmp_path / "out", source_dir=tmp_path / "src", image_size=(8, 8)))
+
+
+def test_layout_mistakes_and_broken_images_are_named_together(tmp_path):
+    root = tmp_path / "src"
+    image_tree(root)
+    (root / "cat" / "notes.txt").write_text("about cats")
+    (root / "loose.png").write_bytes((root / "cat" / "a.png").read_bytes())
+    (root / "empty").mkdir()
+    (root / "fox").mkdir()
+    (root / "fox" / "readme.md").write_text("a class folder with no image in it")
+    broken = corrupt(root / "dog" / "broken.png", "truncated")
+    with pytest.raises(DistTrainError) as error:
+        prepare("imagefolder", options(tmp_path / "out", source_dir=root, image_size=(8, 8)))
+    named = str(error.value).split(": ", 1)[1].split("; ")
+    assert str(error.value).startswith(f"6 problems in the image tree {root}: ")
+    assert named[:5] == [f"{root / 'loose.png'} lies directly in {root}, where only class folders belong "
+                         "(ROOT/<class name>/<image>)",
+                         f"{root / 'cat' / 'notes.txt'} is not a PNG or JPEG image (only .png, .jpg, .jpeg files may "
+                         "lie in a class folder)",
+                         f"class folder {root / 'empty'} holds no images",
+                         f"{root / 'fox' / 'readme.md'} is not a PNG or JPEG image (only .png, .jpg, .jpeg files "
+                         "may lie in a class folder)",
+                         f"class folder {root / 'fox'} holds no images"]
+    assert named[5].startswith(f"cannot decode image {broken} (")
+    assert str(error.value).endswith(
+        f"To fix: move the files lying directly in {root} into class folders or out of it; move the files that are "
+        "not PNG or JPEG images out of the tree; add images to the empty class folders or remove them; replace or "
+        "delete the images that do not decode; then run the command again")
+    assert nothing_written(tmp_path, "src")
+
+
+def test_more_bad_images_than_one_message_names_are_counted(tmp_path):
+    image_tree(tmp_path / "src")
+    bad = [corrupt(tmp_path / "src" / "dog" / f"bad{i:02d}.png", "text") for i in range(13)]
+    with pytest.raises(DistTrainError) as error:
+        prepare("imagefolder", options(tmp_path / "out", source_dir=tmp_path / "src", image_size=(8, 8)))
+    message = str(error.value)
+    assert message.startswith(f"13 problems in the image tree {tmp_path / 'src'}: ")
+    assert [path for path in bad if f"image {path} (" in message] == bad[:10]  # MAX_NAMED, in file order
+    assert "; and 3 more. To fix: replace or delete the images that do not decode" in message
+    assert nothing_written(tmp_path, "src")
+
+
 def test_image_folder_layout_mistakes_are_named(tmp_path):
     image_tree(tmp_path / "src")
     (tmp_path / "src" / "cat" / "notes.txt").write_text("about cats")
@@ -233,6 +304,16 @@ def test_image_folder_layout_mistakes_are_named(tmp_path):
     with pytest.raises(DistTrainError, match=r"needs --image-size H or H,W"):
         prepare("imagefolder", options(tmp_path / "out", source_dir=tmp_path / "src"))
     assert nothing_written(tmp_path, "src")
+
+
+def test_two_unreadable_array_files_are_named_in_one_error(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}] * 20, dtype=object), allow_pickle=True)
+    (tmp_path / "y.npy").write_bytes(b"\x93NUMPY" + b"\0" * 3)  # a header, then nothing
+    with pytest.raises(DistTrainError) as error:
+        prepare("arrays", options(tmp_path / "out", inputs=tmp_path / "obj.npy", targets=tmp_path / "y.npy"))
+    assert str(error.value).startswith(f"neither file can be used: {tmp_path / 'obj.npy'} holds Python objects")
+    assert f"; and cannot read {tmp_path / 'y.npy'} (" in str(error.value)
+    assert nothing_written(tmp_path, "obj.npy", "y.npy")
 
 
 # ----------------------------------------------------------------- CSV
@@ -307,6 +388,11 @@ def test_csv_bad_cells_name_the_file_line_column_and_value(tmp_path):
     rows[7] = [1, 2]
     path = write_csv(tmp_path / "d.csv", rows)
     with pytest.raises(DistTrainError, match=r"d.csv line 8 has 2 fields, the header has 3"):
+        prepare("csv", options(tmp_path / "out", csv=path, target="label"))
+    rows[10] = [1, 2, 3, 4]
+    path = write_csv(tmp_path / "d.csv", rows)
+    with pytest.raises(DistTrainError, match=r"d.csv: 2 rows have another number of fields than the header's 3: "
+                                             r"line 8 has 2 fields; line 11 has 4 fields; every row needs one value"):
         prepare("csv", options(tmp_path / "out", csv=path, target="label"))
     assert nothing_written(tmp_path, "d.csv")
 

@@ -95,6 +95,26 @@ def test_prepare_reads_mnist_format_idx_files(tmp_path, compress):
         prepare("idx", PrepareOptions(out=tmp_path / "out2", source_dir=src, train_shards=2))
 
 
+def test_every_missing_or_broken_idx_file_is_named_in_one_error(tmp_path):
+    rng = np.random.default_rng(2)
+    src = tmp_path / "src"
+    src.mkdir()
+    write_idx(src / "train-images-idx3-ubyte", rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), False)
+    write_idx(src / "train-labels-idx1-ubyte", rng.integers(0, 10, 39).astype(np.uint8), False)  # one short
+    write_idx(src / "t10k-images-idx3-ubyte", rng.integers(0, 256, (10, 8, 8), dtype=np.uint8), False)
+    (src / "t10k-images-idx3-ubyte").write_bytes((src / "t10k-images-idx3-ubyte").read_bytes()[:-5])
+    with pytest.raises(DistTrainError) as error:  # and no t10k labels at all
+        prepare("idx", PrepareOptions(out=tmp_path / "out", source_dir=src, train_shards=2))
+    assert str(error.value) == (
+        f"3 problems with the IDX files in {src}: {src / 'train-images-idx3-ubyte'} ((40, 8, 8)) and "
+        f"{src / 'train-labels-idx1-ubyte'} ((39,)) do not pair up as N images and N labels; "
+        f"{src / 't10k-images-idx3-ubyte'}: header says shape (10, 8, 8) (640 bytes of data) but the file holds 635: "
+        f"it is truncated or corrupt; no t10k-labels-idx1-ubyte[.gz] in {src}; expected the MNIST file names "
+        "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...); replace or add those files and run the "
+        "command again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing written
+
+
 # docs/data.md's promise for the built-in sets: shards and memory train on the same
 # samples. digits stores its uint8 pixels and synthetic (1-d shape) its float32
 # features exactly as the in-memory source holds them, and both paths normalize
