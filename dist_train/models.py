@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from dist_train.config import ModelConfig
 from dist_train.errors import ConfigError
@@ -34,6 +35,31 @@ _GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "tanh": "tanh", "sigmo
               "elu": "relu", "gelu": "relu", "identity": "linear"}
 
 
+def _held(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias's value with a gradient of exactly zero (0 x the incoming
+    gradient): a layer's bias before batch norm is subtracted again by the
+    norm, so its true gradient is zero and what backpropagation computes is
+    rounding noise, which Adam-like optimizers would turn into steps of the
+    full learning rate, differently for each order of summation (N workers
+    would not compute what one process computes). The parameter stays (the
+    same state_dict, checkpoints of earlier runs load) at the value it has."""
+    return None if bias is None else bias.detach() + 0.0 * bias
+
+
+class LinearBeforeNorm(nn.Linear):
+    """nn.Linear followed by batch norm: its bias is held (see `_held`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, _held(self.bias))
+
+
+class ConvBeforeNorm(nn.Conv2d):
+    """nn.Conv2d followed by batch norm: its bias is held (see `_held`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight, _held(self.bias))
+
+
 class MLP(nn.Module):
     """input -> [Linear -> (BatchNorm) -> activation -> (Dropout)] x hidden -> Linear."""
 
@@ -43,7 +69,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for size in hidden_sizes:
-            layers.append(nn.Linear(width, size))
+            layers.append((LinearBeforeNorm if batch_norm else nn.Linear)(width, size))
             if batch_norm:  # before the non-linearity, as in Ioffe & Szegedy
                 layers.append(nn.BatchNorm1d(size))
             layers.append(ACTIVATIONS[activation]())
@@ -67,7 +93,7 @@ class CNN(nn.Module):
         layers: list[nn.Module] = []
         width = in_channels
         for size in channels:
-            layers += [nn.Conv2d(width, size, 3, padding=1), nn.BatchNorm2d(size),
+            layers += [ConvBeforeNorm(width, size, 3, padding=1), nn.BatchNorm2d(size),
                        ACTIVATIONS[activation](), nn.MaxPool2d(2, ceil_mode=True)]
             width = size
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]

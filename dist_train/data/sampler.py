@@ -2,10 +2,11 @@
 every rank from (seed, epoch), without communication.
 
 Every epoch has a seeded permutation of the training set. Step s takes the
-global batch perm[s*B:(s+1)*B]; rank r takes the r-th contiguous 1/N of it, and
-splits its part into `grad_accum_steps` micro-batches. So the N ranks together
-see exactly the global batch one process would see, and across an epoch every
-index exactly once.
+global batch perm[s*B:(s+1)*B], cuts it into `grad_accum_steps` global
+micro-batches, and rank r takes the r-th contiguous 1/N of each. So the N
+ranks together see exactly the global batch one process would see, micro-batch
+by micro-batch (what batch norm's statistics are taken over, with
+`model.sync_batchnorm`), and across an epoch every index exactly once.
 
 When the set does not divide by B, the last global batch is smaller (n mod B
 samples), split as evenly as possible over ranks and micro-batches; a rank may
@@ -67,7 +68,8 @@ class ShardedBatchPlan:
         B = self.global_batch_size
         for step in range(start_step, self.steps_per_epoch):
             chunk = perm[step * B:(step + 1) * B]
-            lo, hi = even_slices(len(chunk), self.world_size)[self.rank]
-            mine = chunk[lo:hi]
-            micro = tuple(mine[a:b] for a, b in even_slices(len(mine), self.grad_accum_steps))
-            yield StepPlan(step, micro, len(chunk))
+            micro = []
+            for a, b in even_slices(len(chunk), self.grad_accum_steps):
+                lo, hi = even_slices(b - a, self.world_size)[self.rank]
+                micro.append(chunk[a + lo:a + hi])
+            yield StepPlan(step, tuple(micro), len(chunk))

@@ -233,26 +233,31 @@ class ShardTrainLoader:
         b = self.global_batch // self.layout.streams
         mine, share, sharing = my_part(self.layout.streams, self.env.world_size, self.env.rank)
         batches = {s: _rebatch(self._stream(plan.files[s], epoch, s), b) for s in mine}
+        accum = self.grad_accum_steps
         for step in range(plan.steps):
             sizes = [min(max(c - step * b, 0), b) for c in plan.counts]
-            parts = []
+            # micro-batch m: piece m of every stream's batch, shared among the ranks reading that stream;
+            # so the ranks together hold what one process holds, micro-batch by micro-batch
+            parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(accum)]
             for s in mine:
                 if not sizes[s]:
                     continue  # this stream has run out: the rank takes part with what the others give
                 x, y = next(batches[s])
                 if step >= start_step:
-                    lo, hi = even_slices(len(y), sharing)[share]
-                    parts.append((x[lo:hi], y[lo:hi]))
+                    for m, (a, z) in enumerate(even_slices(len(y), accum)):
+                        lo, hi = even_slices(z - a, sharing)[share]
+                        parts[m].append((x[a + lo:a + hi], y[a + lo:a + hi]))
             if step < start_step:
                 continue
-            if parts:
-                x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            else:  # nothing for this rank in this step: it still takes part, with an empty batch
-                x = torch.empty((0, *self.manifest.input_shape), dtype=getattr(torch, self.manifest.input_dtype))
-                shape, dtype = self.manifest.expected_targets(0)
-                y = torch.from_numpy(np.empty(shape, dtype=dtype))
-            micro = tuple(Batch(x[lo:hi], y[lo:hi]) for lo, hi in even_slices(len(y), self.grad_accum_steps))
-            yield TrainStep(step, micro, sum(sizes))
+            yield TrainStep(step, tuple(self._joined(p) for p in parts), sum(sizes))
+
+    def _joined(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
+        if parts:
+            return Batch(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        # nothing for this rank in this micro-batch: it still takes part, with an empty batch
+        x = torch.empty((0, *self.manifest.input_shape), dtype=getattr(torch, self.manifest.input_dtype))
+        shape, dtype = self.manifest.expected_targets(0)
+        return Batch(x, torch.from_numpy(np.empty(shape, dtype=dtype)))
 
 
 def _rebatch(chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -54,8 +54,13 @@ def test_two_and_three_fsdp_workers_compute_what_one_process_computes(optimizer)
     assert max(float(np.max(np.abs(alone["weights"][k] - untrained[k]))) for k in untrained) > 1e-3
 
 
-def test_synchronized_batch_norm_under_fsdp_computes_what_one_process_computes():
-    extra = ["model.batch_norm=true", "model.sync_batchnorm=true"]
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_synchronized_batch_norm_with_adam_and_accumulation_computes_what_one_process_computes(strategy):
+    """Batch norm's statistics are over each global micro-batch (the plan cuts
+    the global batch into micro-batches first), and the bias before a norm,
+    whose true gradient is zero, gets exactly zero (Adam would turn its
+    rounding noise into steps of the learning rate)."""
+    extra = ["model.batch_norm=true", "model.sync_batchnorm=true", f"strategy.name={strategy}"]
     alone = to_numpy(trained(DistEnv(), "adam", *extra))
     for rank, result in enumerate(run_workers(trained, 2, "adam", *extra, timeout_s=240)):
         for key, value in alone["weights"].items():  # running statistics included

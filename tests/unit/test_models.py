@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dist_train.config import ModelConfig
-from dist_train.models import CNN, MLP, build_model, count_parameters
+from dist_train.models import CNN, MLP, LinearBeforeNorm, build_model, count_parameters
 
 
 def test_default_784_64_10_mlp_has_50890_parameters():
@@ -33,8 +33,9 @@ def test_images_are_flattened_for_the_mlp():
 def test_batch_norm_comes_before_the_activation_then_dropout(name, cls):
     model = MLP(10, (8, 8), 2, activation=name, dropout=0.5, batch_norm=True)
     kinds = [type(m) for m in model.net]
-    assert kinds == [nn.Flatten, nn.Linear, nn.BatchNorm1d, cls, nn.Dropout,
-                     nn.Linear, nn.BatchNorm1d, cls, nn.Dropout, nn.Linear]
+    assert kinds == [nn.Flatten, LinearBeforeNorm, nn.BatchNorm1d, cls, nn.Dropout,
+                     LinearBeforeNorm, nn.BatchNorm1d, cls, nn.Dropout, nn.Linear]
+    assert issubclass(LinearBeforeNorm, nn.Linear)
 
 
 def _hidden_weight(init, activation="relu", fan_in=400, width=300, **kw):
@@ -80,3 +81,26 @@ def test_cnn_on_flat_features_is_a_config_error():
 
     with pytest.raises(ConfigError, match="cnn needs image inputs"):
         build_model(ModelConfig(name="cnn"), (32,), 4)
+
+
+def test_a_layer_before_batch_norm_keeps_its_bias_with_a_gradient_of_exactly_zero():
+    """Batch norm subtracts the bias again: its true gradient is zero, and it
+    gets exactly zero (not rounding noise that Adam would turn into steps);
+    the parameters and state_dict keys stay those of nn.Linear / nn.Conv2d,
+    so checkpoints of earlier runs load."""
+    torch.manual_seed(0)
+    for model, x in ((MLP(6, (5, 4), 3, batch_norm=True), torch.randn(16, 6)),
+                     (CNN(1, (4,), 3), torch.randn(8, 1, 6, 6))):
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)):
+                    m.bias.uniform_(-1, 1)  # a bias an earlier run left, not 0
+        model(x).square().sum().backward()
+        held = [m for m in model.modules() if type(m).__name__ in ("LinearBeforeNorm", "ConvBeforeNorm")]
+        assert held and all(torch.equal(m.bias.grad, torch.zeros_like(m.bias)) for m in held)
+        assert all(m.weight.grad.abs().sum() > 0 for m in held)
+        assert model.net[-1].bias.grad.abs().sum() > 0  # the output layer's bias learns as usual
+    assert list(MLP(6, (5, 4), 3, batch_norm=True).state_dict()) == [
+        "net.1.weight", "net.1.bias", "net.2.weight", "net.2.bias", "net.2.running_mean", "net.2.running_var",
+        "net.2.num_batches_tracked", "net.4.weight", "net.4.bias", "net.5.weight", "net.5.bias",
+        "net.5.running_mean", "net.5.running_var", "net.5.num_batches_tracked", "net.7.weight", "net.7.bias"]

@@ -43,6 +43,17 @@ def test_per_rank_batch_is_global_batch_over_workers_and_micro_batches_split_it(
         assert s.global_count == 64
 
 
+@pytest.mark.parametrize("n, batch, world, accum", [(256, 64, 4, 2), (100, 32, 3, 2), (70, 32, 2, 3)])
+def test_the_ranks_micro_batch_m_together_are_one_process_micro_batch_m(n, batch, world, accum):
+    """What batch norm's statistics are taken over (synchronized): the same
+    samples, micro-batch by micro-batch, on any number of workers."""
+    alone = plans(n, batch, 1, accum)[0]
+    ranks = plans(n, batch, world, accum)
+    for one, *shares in zip(alone.epoch(0), *(p.epoch(0) for p in ranks)):
+        for m, micro in enumerate(one.micro_indices):
+            assert torch.equal(torch.cat([s.micro_indices[m] for s in shares]), micro)
+
+
 def test_uneven_last_batch_is_kept_and_spread_over_ranks():
     ranks = plans(70, 32, 3)  # 32 + 32 + 6
     assert ranks[0].steps_per_epoch == 3
