@@ -15,6 +15,10 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0  # optimizer steps done in `epoch`: where the data loader resumes
     global_step: int = 0
+    # the epoch's training so far, over every start of the job: a resumed epoch
+    # reports the throughput of all its steps, not the few (or none) run since
+    epoch_samples: int = 0
+    epoch_seconds: float = 0.0  # time spent training it (not the time the job was down)
     last_val: dict[str, float] = field(default_factory=dict)  # the last validation metrics
     last_test: dict[str, float] = field(default_factory=dict)  # the test split's metrics, once the run finished
     best_checkpoint: list = field(default_factory=list)  # [monitored value, global step] of the best kept checkpoint
