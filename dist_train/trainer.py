@@ -207,9 +207,12 @@ class Trainer:
                 self.tracker.log("lr", step=s.global_step, lr=lr)
                 s.last_logged_lr = lr
             if s.global_step % cfg.train.log_every_steps == 0:
-                self.tracker.log("train", epoch=s.epoch, step=s.global_step,
+                # the loss of this epoch's steps since the last record: from_step to step
+                from_step = s.loss_from_step or s.global_step - s.step_in_epoch + 1
+                self.tracker.log("train", epoch=s.epoch, step=s.global_step, from_step=from_step,
                                  loss=self.running_loss.mean("interval", self.comm), lr=lr,
                                  grad_norm=float(self.last_grad_norm))
+                s.loss_from_step = s.global_step + 1
             # a stop first: its own checkpoint then carries the stop record too
             checked = s.global_step % cfg.train.stop_check_every_steps == 0
             if checked and self._stop_agreed():
@@ -276,6 +279,7 @@ class Trainer:
                          **{f"best_{self.logged.metric}": s.best_monitored}, **extra)
         s.epoch += 1
         s.step_in_epoch = s.epoch_samples = 0
+        s.loss_from_step = s.global_step + 1  # the epoch's mean started the interval's again
         s.epoch_seconds = 0.0
         return stop
 
