@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,7 @@ class Trainer:
         finally:
             clock()
 
-    def _train_steps(self, clock: Any) -> tuple[EpochEnd, int]:
+    def _train_steps(self, clock: Callable[[], None]) -> tuple[EpochEnd, int]:
         s, cfg, watchdog = self.state, self.cfg, self.watchdog
         self.strategy.train_model.train()
         self.tracker.start_epoch(s.epoch, self.data.train.steps_per_epoch, s.step_in_epoch)
