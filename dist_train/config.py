@@ -379,17 +379,25 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
-def relevant_dict(config: Config) -> dict[str, Any]:
-    """`to_dict` without the keys the chosen options never read (the synthetic
-    source's sizes for the digits, DeepSpeed's keys under DDP, ...): what a
-    person comparing runs in W&B wants to see."""
-    tree = to_dict(config)
+def unused_keys(config: Config) -> set[str]:
+    """The dotted keys the chosen options never read: the synthetic source's
+    sizes for the digits, the built-in networks' keys beside a model of one's
+    own (model.class_path), DeepSpeed's keys under DDP, ... Their values make
+    no difference to the run."""
     d, m, o, sc = config.data, config.model, config.optim, config.schedule
+    built_in_model = ["name", "hidden_sizes", "activation", "dropout", "batch_norm", "init", "init_std", "init_bound",
+                      "init_value", "channels"]
     unused = {
         "data": ([] if d.source == "synthetic" else ["num_samples", "num_features", "num_classes"])
-        + ([] if d.source == "shards" else ["path", "loader_workers", "shuffle_buffer", "verify"])
-        + (["val_fraction", "test_fraction", "split_seed"] if d.source == "shards" else []),
-        "model": ([] if m.name == "mlp" else ["hidden_sizes", "batch_norm"]) + ([] if m.name == "cnn" else ["channels"])
+        + ([] if d.source == "shards" else ["path", "shuffle_buffer", "verify"])
+        + ([] if d.source in ("shards", "custom") else ["loader_workers"])
+        + ([] if d.source == "custom" else ["class_path", "init_args"])
+        # shards were split by `prepare`; a custom source gives its own splits
+        + (["val_fraction", "test_fraction", "split_seed"] if d.source in ("shards", "custom") else []),
+        # a model of one's own is built from init_args alone (it initializes itself)
+        "model": built_in_model if m.class_path else
+        ["class_path", "init_args"] + ([] if m.name == "mlp" else ["hidden_sizes", "batch_norm"])
+        + ([] if m.name == "cnn" else ["channels"])
         + ([] if m.init == "gaussian" else ["init_std"]) + ([] if m.init == "uniform" else ["init_bound"])
         + ([] if m.init == "constant" else ["init_value"]),
         "optim": ([] if o.name in ("sgd", "rmsprop") else ["momentum"]) + ([] if o.name == "sgd" else ["nesterov"])
@@ -409,9 +417,17 @@ def relevant_dict(config: Config) -> dict[str, Any]:
         + ([] if config.strategy.name == "fsdp" else ["fsdp_modules", "reshard_after_forward"])
         + (["bucket_cap_mb"] if config.strategy.name in ("deepspeed", "single", "fsdp") else []),
     }
-    for section, keys in unused.items():
-        for key in keys:
-            tree[section].pop(key, None)
+    return {f"{section}.{key}" for section, keys in unused.items() for key in keys}
+
+
+def relevant_dict(config: Config) -> dict[str, Any]:
+    """`to_dict` without `unused_keys`: what the run uses, as a person
+    comparing runs in W&B or reading the run's config.yaml wants to see it.
+    Loaded again (its left-out keys at their defaults), it is the same run."""
+    tree = to_dict(config)
+    for key in unused_keys(config):
+        section, name = key.split(".")
+        tree[section].pop(name, None)
     return tree
 
 

@@ -165,7 +165,8 @@ def _metrics(sums: list[float], task: Task) -> dict[str, float]:
 class RunningMean:
     """The training loss over two windows: since the last log line and since the
     epoch began. The hot loop only adds on the device (no host copy, no
-    collective); a reduction folds what is pending into both windows' global sums."""
+    collective); a reduction folds what is pending into both windows' global sums.
+    The epoch's mean starts both again: a log line's mean never spans an epoch."""
 
     def __init__(self, device: str) -> None:
         self.pending_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -181,7 +182,8 @@ class RunningMean:
 
     def mean(self, window: str, comm: Comm) -> float:
         """Global mean over `window` ("interval" or "epoch"), which then starts
-        again. A collective: every rank calls it at the same step."""
+        again (the interval too, at the epoch's end). A collective: every rank
+        calls it at the same step."""
         totals = torch.stack([self.pending_sum, torch.tensor(float(self.pending_count), dtype=torch.float64,
                                                              device=self.device)])
         loss_sum, count = comm.all_reduce_sum(totals).tolist()
@@ -191,7 +193,8 @@ class RunningMean:
             w[0] += loss_sum
             w[1] += int(count)
         total, n = self.windows[window]
-        self.windows[window] = [0.0, 0]
+        for restarted in (self.windows if window == "epoch" else (window,)):
+            self.windows[restarted] = [0.0, 0]
         return total / n if n else float("nan")
 
     def state_dict(self) -> dict:

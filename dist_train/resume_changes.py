@@ -88,14 +88,18 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def compare(stored: dict[str, Any], new: dict[str, Any], stored_strategy: str, new_strategy: str) -> ResumeChanges:
+def compare(stored: dict[str, Any], new: dict[str, Any], stored_strategy: str, new_strategy: str,
+            unused: set[str] | frozenset[str] = frozenset()) -> ResumeChanges:
     """Changes from the `stored` config (plain dicts, as `config.to_dict` gives)
     to `new`. `*_strategy` are the resolved strategies (single/ddp/deepspeed):
-    ddp and single share a state layout, deepspeed has its own."""
+    ddp and single share a state layout, deepspeed has its own. `unused`: the
+    keys the new config's options never read (`config.unused_keys`), whatever
+    their value: not compared (config.yaml leaves them out, so a run started
+    again from it has them at their defaults)."""
     old_flat, new_flat = flatten(stored), flatten(new)
     changes = []
     for key in sorted(set(old_flat) | set(new_flat)):
-        if key in NOT_COMPARED:
+        if key in NOT_COMPARED or key in unused:
             continue
         old, value = old_flat.get(key), new_flat.get(key)
         if _same(old, value) or (key not in old_flat and _is_default(key, value)):

@@ -20,7 +20,7 @@ import yaml
 
 from dist_train import checkpoint as ckpt
 from dist_train.atomic import write_atomic
-from dist_train.config import Config, dump_yaml, to_dict
+from dist_train.config import Config, relevant_dict, to_dict, unused_keys
 from dist_train.errors import DistTrainError
 from dist_train.resolve import Resolved
 from dist_train.resume_changes import Change, ResumeChanges, compare
@@ -79,7 +79,7 @@ def plan_start(cfg: Config, resolved: Resolved, warn: Any = None) -> StartPlan:
         return StartPlan()
     stored = stored_settings(info)
     _check_world_size(info, stored, resolved)
-    changes = compare(stored["config"], to_dict(cfg), stored["strategy"], resolved.strategy)
+    changes = compare(stored["config"], to_dict(cfg), stored["strategy"], resolved.strategy, unused_keys(cfg))
     changes.raise_if_refused(str(run_dir), str(info.path))
     finished = bool(info.manifest.get("finished")) and not _asks_for_more(cfg, info)
     return StartPlan(info, changes, finished, stored["metrics_lines"], stored["wandb_run_id"])
@@ -141,7 +141,18 @@ def open_run_dir(cfg: Config) -> None:
         print(f"dist-train: starting afresh; the earlier run in {run_dir} was moved to {aside}", flush=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        write_atomic(run_dir / "config.yaml", config_yaml(cfg))
     except OSError as exc:
         raise DistTrainError(f"cannot write the run directory {run_dir} ({exc.strerror or exc}); choose a run.dir "
                              "you can write (run.dir=...)") from None
+
+
+def config_yaml(cfg: Config) -> str:
+    """config.yaml: the settings the run uses (`relevant_dict`: keys its options
+    never read are left out, as in W&B). `run.resume` is left out too: it says
+    how this command started, so `dist-train run RUN_DIR/config.yaml` resumes
+    the run (a `--fresh` start must not start it over again)."""
+    tree = relevant_dict(cfg)
+    tree["run"].pop("resume", None)
+    return ("# the settings this run uses; keys its options never read are left out (they keep their defaults)\n"
+            + yaml.safe_dump(tree, sort_keys=False))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,11 +145,10 @@ class Trainer:
                         steps_per_epoch=self.data.train.steps_per_epoch)
         early_stopped = False
         while s.epoch < t.epochs:
-            start = time.perf_counter()
-            end, samples = self.train_epoch()
+            end, _ = self.train_epoch()
             if end is EpochEnd.STOP:
                 return self._stop_for_resume()
-            early_stopped = self.end_of_epoch(samples, time.perf_counter() - start)
+            early_stopped = self.end_of_epoch()
             if early_stopped:
                 tracker.log("early_stop", epoch=s.epoch - 1, step=s.global_step, monitor=self.cfg.early_stopping.monitor,
                             best=self.early_stopping.best, best_epoch=self.early_stopping.best_epoch)
@@ -168,7 +168,21 @@ class Trainer:
 
     def train_epoch(self) -> tuple[EpochEnd, int]:
         """The rest of the current epoch, from `step_in_epoch`: why it ended, and
-        the samples processed across all ranks."""
+        the samples processed across all ranks (by this call; the state's
+        `epoch_samples` and `epoch_seconds` count the whole epoch's, over
+        every start of the job, and go into each checkpoint)."""
+        s = self.state
+        started, before = time.perf_counter(), s.epoch_seconds
+
+        def clock() -> None:  # before each save, and when the call returns
+            s.epoch_seconds = before + (time.perf_counter() - started)
+
+        try:
+            return self._train_steps(clock)
+        finally:
+            clock()
+
+    def _train_steps(self, clock: Callable[[], None]) -> tuple[EpochEnd, int]:
         s, cfg, watchdog = self.state, self.cfg, self.watchdog
         self.strategy.train_model.train()
         self.tracker.start_epoch(s.epoch, self.data.train.steps_per_epoch, s.step_in_epoch)
@@ -179,6 +193,7 @@ class Trainer:
             lr = self.schedule.apply(self.strategy.optimizer, s.global_step, s.epoch)
             self.train_step(step)
             samples += step.global_count
+            s.epoch_samples += step.global_count
             s.global_step += 1
             s.step_in_epoch = step.step + 1
             watchdog.step = s.global_step
@@ -193,14 +208,18 @@ class Trainer:
                 self.tracker.log("lr", step=s.global_step, lr=lr)
                 s.last_logged_lr = lr
             if s.global_step % cfg.train.log_every_steps == 0:
-                self.tracker.log("train", epoch=s.epoch, step=s.global_step,
+                # the loss of this epoch's steps since the last record: from_step to step
+                from_step = s.loss_from_step or s.global_step - s.step_in_epoch + 1
+                self.tracker.log("train", epoch=s.epoch, step=s.global_step, from_step=from_step,
                                  loss=self.running_loss.mean("interval", self.comm), lr=lr,
                                  grad_norm=float(self.last_grad_norm))
+                s.loss_from_step = s.global_step + 1
             # a stop first: its own checkpoint then carries the stop record too
             checked = s.global_step % cfg.train.stop_check_every_steps == 0
             if checked and self._stop_agreed():
                 return EpochEnd.STOP, samples
             if self.checkpointer and self.checkpointer.due_after_step(s.global_step):
+                clock()
                 self.save_checkpoint()
             if cfg.train.max_steps is not None and s.global_step >= cfg.train.max_steps:
                 return EpochEnd.MAX_STEPS, samples
@@ -240,9 +259,10 @@ class Trainer:
             f"{s.global_step + 1}; the weights were not updated. Lower optim.lr, set train.grad_clip_norm, "
             f"check the inputs for NaN, or set train.nonfinite=skip to skip such steps")
 
-    def end_of_epoch(self, samples: int, seconds: float) -> bool:
+    def end_of_epoch(self) -> bool:
         """Validation, LR plateau, early stopping, the epoch record; True to stop early."""
         s = self.state
+        samples, seconds = s.epoch_samples, s.epoch_seconds
         s.last_val = self._named("val", self.evaluate("val"))
         if self.schedule.end_of_epoch(s.last_val):
             self.tracker.log("lr_reduced", epoch=s.epoch, step=s.global_step,
@@ -259,7 +279,9 @@ class Trainer:
                          epoch_seconds=round(seconds, 4), samples_per_s=samples / seconds if seconds > 0 else float("nan"),
                          **{f"best_{self.logged.metric}": s.best_monitored}, **extra)
         s.epoch += 1
-        s.step_in_epoch = 0
+        s.step_in_epoch = s.epoch_samples = 0
+        s.loss_from_step = s.global_step + 1  # the epoch's mean started the interval's again
+        s.epoch_seconds = 0.0
         return stop
 
     def evaluate(self, split_name: str) -> dict[str, float]:
@@ -368,6 +390,8 @@ class Trainer:
         apply_hyperparameters(self.strategy.optimizer, self.cfg.optim, self.env.device)
         # the data takes up the run's position (its stream layout, or the epoch again in another order)
         s.step_in_epoch = self.data.train.resume_at(info.manifest, s.step_in_epoch)
+        if s.step_in_epoch == 0:  # the epoch starts again (or had not begun): its count too
+            s.epoch_samples, s.epoch_seconds = 0, 0.0
         self.previous_world_size, s.world_size = s.world_size, self.env.world_size
         if not own:
             # A different number of workers: the sample order continues (it is a

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dist_train.job_decision import JobDecision
@@ -267,10 +268,11 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         waits = f" (up to dist.start_timeout_s={start_timeout_s:g}s)" if start_timeout_s is not None else ""
         print(f"dist-train launch: meeting the other nodes of {args.nnodes} at the rendezvous {endpoint[0]}:"
               f"{endpoint[1]} (job id {args.rdzv_id}){waits}", file=sys.stderr, flush=True)
-    signals = LauncherSignals(live_children).install()
-    agent_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
-    quiet = _QuietUsageExits(agent_log)
-    agent_log.addFilter(quiet)
+    signals = LauncherSignals(live_children, saves=worker != "launcher.inference_worker").install()
+    quiet = _QuietAgent(stopping=lambda: signals.first is not None)
+    agent_logs = [logging.getLogger(name) for name in AGENT_LOGGERS]
+    for log in agent_logs:
+        log.addFilter(quiet)
     try:
         torchrun_main(torchrun_argv(args, worker_args, worker, start_timeout_s))
     except RendezvousTimeoutError:
@@ -305,31 +307,46 @@ def launch(args: argparse.Namespace, config: str, overrides: list[str], timeout_
         print(f"dist-train launch: workers failed{detail}; see the worker output above", file=sys.stderr, flush=True)
         return 1
     finally:
-        agent_log.removeFilter(quiet)
+        for log in agent_logs:
+            log.removeFilter(quiet)
         quiet.release()
         signals.uninstall()
         shutil.rmtree(status_dir, ignore_errors=True)
     return 0
 
 
-class _QuietUsageExits(logging.Filter):
-    """Drops torch's agent's log lines about workers that exited with status 2
-    (a user's mistake, which a worker has already said in one line), 3 (a
-    stall, whose summary a worker has printed) or 75 (a stop, which the
-    launcher reports itself): the "failed (exitcode: N)"
-    line, and the "closing signal SIGTERM" lines the agent logs just before
-    it, for peers that were ending anyway. Those are held until the agent's
-    next line says whether they belong to such an exit; otherwise they are
-    let through."""
+# torch's agent's loggers whose lines about an exit or a stop the launcher says better itself
+AGENT_LOGGERS = ("torch.distributed.elastic.multiprocessing.api", "torch.distributed.elastic.agent.server.api")
 
-    def __init__(self, logger: logging.Logger) -> None:
+
+class _QuietAgent(logging.Filter):
+    """Drops torch's agent's log lines about what dist-train reports itself.
+
+    A stop the launcher was asked for (TERM, INT or USR1: `stopping()` is
+    true): the agent's "Received SIGTERM death signal, shutting down workers"
+    and "Sending process N closing signal SIGTERM" lines, as it passes the
+    signal on; the launcher has said it passes it on, and says how the
+    workers ended. Workers that exited with status 2 (a user's mistake,
+    which a worker has already said in one line), 3 (a stall, whose summary a
+    worker has printed) or 75 (a stop, which the launcher reports itself):
+    the "failed (exitcode: N)" line, and the "closing signal SIGTERM" lines
+    the agent logs just before it, for peers that were ending anyway. Those
+    are held until the agent's next line says whether they belong to such an
+    exit; otherwise they are let through. Anything else (a worker killed
+    after the shutdown wait, a failure) is let through."""
+
+    STOP_LINES = ("death signal, shutting down workers", "closing signal")
+
+    def __init__(self, stopping: Callable[[], bool] = lambda: False) -> None:
         super().__init__()
-        self.logger, self.held, self.releasing = logger, [], False
+        self.stopping, self.held, self.releasing = stopping, [], False
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.releasing:
             return True
         message = record.getMessage()
+        if self.stopping() and any(line in message for line in self.STOP_LINES):
+            return False
         if "closing signal SIGTERM" in message:
             self.held.append(record)
             return False
@@ -344,6 +361,6 @@ class _QuietUsageExits(logging.Filter):
         self.releasing = True
         try:
             for record in held:
-                self.logger.handle(record)
+                logging.getLogger(record.name).handle(record)
         finally:
             self.releasing = False

@@ -42,8 +42,9 @@ class StopNow(BaseException):
 
 
 class LauncherSignals:
-    def __init__(self, children: Any) -> None:
+    def __init__(self, children: Any, saves: bool = True) -> None:
         self.children = children  # () -> pids of the worker processes
+        self.saves = saves  # the workers save a checkpoint on a stop request (training, not predict)
         self.first: tuple[int, float] | None = None
         self._previous: dict[int, Any] = {}
 
@@ -63,6 +64,8 @@ class LauncherSignals:
         now = time.monotonic()
         if self.first is None:
             self.first = (signum, now)
+            # instead of torch's agent's lines as it passes the signal on (launcher.elastic drops them)
+            _say(stop_notice(signum, self.saves))
             raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
         if signum != signal.SIGINT and now - self.first[1] < REPEAT_S:
             return
@@ -72,6 +75,25 @@ class LauncherSignals:
             except (ProcessLookupError, PermissionError):
                 pass
         raise StopNow(signum)
+
+
+def stop_notice(signum: int, saves: bool = True) -> str:
+    """What the launcher says as it passes a stop request on to its workers."""
+    name = signal.Signals(signum).name
+    again = "Ctrl-C again" if signum == signal.SIGINT else f"{name} again after {REPEAT_S:g} s"
+    if not saves:
+        return f"dist-train launch: {name}: passed on to the workers ({again} ends them at once)"
+    return (f"dist-train launch: {name}: the workers save a checkpoint at their next stop check, then exit ({again} "
+            "ends them at once, without saving)")
+
+
+def _say(line: str) -> None:
+    """One line on stderr from a signal handler: an unbuffered write, which
+    cannot collide with a print the handler interrupted."""
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode())
+    except (OSError, ValueError):
+        pass
 
 
 def report_stop(signame: str | None, statuses: dict[int, int], expected_workers: int | None,

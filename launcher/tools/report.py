@@ -22,7 +22,38 @@ def read_records(run_dir: Path) -> list[dict]:
     return records
 
 
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """One legend name per run: the shortest tail of its path that tells it
+    from the others (`a/run` and `b/run`, not `run` twice), numbered when the
+    same directory is given twice."""
+    paths = [Path(d).resolve() for d in run_dirs]
+    longest = max(len(p.parts) for p in paths)
+    for depth in range(1, longest + 1):
+        labels = [str(Path(*p.parts[-depth:])) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    seen: dict[str, int] = {}
+    numbered = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        numbered.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return numbered
+
+
 def draw_report(run_dirs: list[Path], out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(run_dirs)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def report_figure(run_dirs: list[Path]):  # -> matplotlib.figure.Figure
+    """The three panels (loss, accuracy or R^2, learning rate), one colour and
+    one legend entry per run and curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,10 +61,9 @@ def draw_report(run_dirs: list[Path], out: Path) -> Path:
 
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.2))
     scores: set[str] = set()
-    for index, run_dir in enumerate(run_dirs):
+    for index, (run_dir, label) in enumerate(zip(run_dirs, run_labels(run_dirs))):
         records = read_records(run_dir)
         color = f"C{index % 10}"
-        label = Path(run_dir).name
         train = [r for r in records if r["event"] == "train"]
         epochs = [r for r in records if r["event"] == "epoch"]
         lrs = [r for r in records if r["event"] == "lr"]
@@ -50,8 +80,11 @@ def draw_report(run_dirs: list[Path], out: Path) -> Path:
             steps = [r["step"] for r in epochs]
             ax_loss.plot(steps, [r["val_loss"] for r in epochs], color=color, marker="o", label=f"{label} validation")
             ax_acc.plot(steps, [r[f"val_{score}"] for r in epochs], color=color, marker="o", label=f"{label} validation")
-        for test in (r for r in records if r["event"] == "test" and f"test_{score}" in r):
-            ax_acc.scatter([test["step"]], [test[f"test_{score}"]], color=color, marker="*", s=120, label=f"{label} test")
+        # a run trained on after it finished (more epochs) has a test record per end: one legend entry for all
+        tests = [r for r in records if r["event"] == "test" and f"test_{score}" in r]
+        if tests:
+            ax_acc.scatter([r["step"] for r in tests], [r[f"test_{score}"] for r in tests], color=color, marker="*",
+                           s=120, label=f"{label} test")
         if lrs:  # recorded where it changes: a step function, held to the last step of the run
             steps, values = [r["step"] for r in lrs], [r["lr"] for r in lrs]
             last_step = max(r.get("step", 0) for r in records)
@@ -67,8 +100,4 @@ def draw_report(run_dirs: list[Path], out: Path) -> Path:
         if ax.has_data():
             ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return fig

@@ -108,3 +108,56 @@ def test_every_rank_resumes_from_the_same_checkpoint(tmp_path):
 
 def _first_part(env, run_dir):
     return small_run(run_dir, "train.max_steps=10", "checkpoint.keep_last=5", env=env)
+
+
+def test_config_yaml_holds_what_the_run_uses_and_runs_again_as_the_same_run_with_the_umasks_modes(tmp_path, capsys):
+    """config.yaml leaves out what the run never reads (the built-in mlp's keys
+    beside a model of one's own, a gamma the cosine schedule never reads) and
+    how the command started (--fresh's run.resume); loaded again it is the same
+    run, and `run RUN_DIR/config.yaml` resumes a stopped run with no change
+    reported (the left-out gamma, back at its default, is not compared).
+    The checkpoints' manifests keep the whole config. config.yaml and the
+    exported bundle and .pt2 get the mode the umask gives (0644 under 022)."""
+    import os
+    import stat
+
+    import yaml
+
+    import dist_train
+    from dist_train.config import load_config, relevant_dict, to_dict
+    from dist_train.env import DistEnv
+    from dist_train.run import run
+    from tests.helpers import SMALL_RUN, metrics, sigterm_at
+
+    run_dir = tmp_path / "run"
+    base = [o for o in SMALL_RUN if not o.startswith("model.")]
+    cfg = load_config(None, [*base, f"run.dir={run_dir}", "model.class_path=tests.user_project.nets.SmallBNNet",
+                             "model.init_args={width: 8}", "schedule.name=cosine", "schedule.gamma=0.5",
+                             "run.resume=never", "wandb.mode=disabled", "run.progress=false",
+                             "train.stop_check_every_steps=1"])
+    umask = os.umask(0o022)
+    try:
+        assert run(cfg, DistEnv(), sigterm_at(10)) == 75
+        written = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert written["model"] == {"class_path": "tests.user_project.nets.SmallBNNet", "init_args": {"width": 8},
+                                    "sync_batchnorm": False}
+        assert "gamma" not in written["schedule"] and "momentum" not in written["optim"]
+        assert "num_samples" in written["data"]
+        assert "resume" not in written["run"] and written["run"]["dir"] == str(run_dir)
+        assert find_latest_valid(run_dir).manifest["config"] == to_dict(cfg)  # whole: what a resume compares
+        again = load_config(run_dir / "config.yaml")
+        expected = relevant_dict(cfg)
+        expected["run"]["resume"] = "auto"  # a run started again from config.yaml resumes
+        assert relevant_dict(again) == expected
+        assert stat.S_IMODE((run_dir / "config.yaml").stat().st_mode) == 0o644
+        capsys.readouterr()
+        assert run(again, DistEnv()) == 0
+        out = capsys.readouterr().out
+        assert "dist-train: resuming from" in out and "changed settings" not in out and "no effect" not in out, out
+        assert "changed" not in [r for r in metrics(run_dir) if r["event"] == "resume"][-1]
+        exported = dist_train.export(run_dir, tmp_path / "out" / "model.pt", say=lambda line: None)
+        assert exported.program is not None, exported.program_error
+        for path in (run_dir / "config.yaml", exported.bundle, exported.program):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    finally:
+        os.umask(umask)

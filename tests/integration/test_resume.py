@@ -12,7 +12,7 @@ from dist_train.config import load_config
 from dist_train.data.prepare import PrepareOptions, prepare
 from dist_train.env import DistEnv
 from dist_train.run import run
-from tests.helpers import assert_same_final_state, final_state, sigterm_at
+from tests.helpers import assert_same_final_state, final_state, metrics, sigterm_at
 from tests.multiproc import run_workers
 
 
@@ -70,3 +70,21 @@ def test_exact_resume_two_workers(tmp_path, shards):
     results = run_workers(jobs, 2, str(tmp_path), cases(shards), timeout_s=300)
     for result in results[0]:  # rank 0 read the shared run directories
         assert_identical(result)
+
+
+# 10: mid-epoch 2 (the resumed start runs 4 of its 7 steps); 14: its last step (the resumed start runs none)
+@pytest.mark.parametrize("stop_after", [10, 14])
+def test_a_resumed_epoch_reports_the_throughput_of_all_its_steps(tmp_path, stop_after):
+    """The epoch record of an epoch a stop cut in two counts every sample of the
+    epoch over the time spent training it, in both starts (not the time the job
+    was down): samples_per_s > 0 and samples_per_s x epoch_seconds = the epoch's samples."""
+    cfg = load_config(None, overrides(tmp_path, "memory", 1))
+    assert run(cfg, DistEnv(), sigterm_at(stop_after)) == EXIT_RESUME
+    assert run(cfg, DistEnv()) == 0
+    records = metrics(tmp_path)
+    samples = next(r for r in records if r["event"] == "start")["train_samples"]  # every one, once an epoch
+    resumed = next(i for i, r in enumerate(records) if r["event"] == "resume")
+    epoch = next(r for r in records[resumed:] if r["event"] == "epoch")
+    assert epoch["epoch"] == 1 and epoch["samples_per_s"] > 0, epoch
+    # epoch_seconds is rounded to 0.1 ms
+    assert abs(samples / epoch["samples_per_s"] - epoch["epoch_seconds"]) <= 5e-5 + 1e-9, epoch

@@ -69,3 +69,27 @@ def test_the_progress_bar_moves_every_step_even_when_no_record_is_written(tmp_pa
     assert tracker.progress.steps == trainer.data.train.steps_per_epoch == 7
     assert "step" in drawn.getvalue()  # and the bar was drawn
     assert [json.loads(line)["event"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == ["lr"]
+
+
+def test_report_names_each_run_and_curve_once_in_its_legends(tmp_path):
+    """Two runs whose directories share a name (`a/run`, `b/run`), the first
+    trained on after it finished (more epochs: a second test record): each
+    legend entry once, and each run told apart."""
+    import matplotlib.pyplot as plt
+
+    from launcher.tools.report import report_figure
+
+    base = [*SMALL_WANDB, "wandb.mode=disabled", "run.progress=false"]
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    assert run(load_config(None, [*base, f"run.dir={a}"]), DistEnv()) == 0
+    assert run(load_config(None, [*base, f"run.dir={a}", "train.epochs=4"]), DistEnv()) == 0
+    assert run(load_config(None, [*base, f"run.dir={b}"]), DistEnv()) == 0
+    assert [r["event"] for r in metrics(a)].count("test") == 2
+    fig = report_figure([a, b])
+    try:
+        legends = {ax.get_title(): [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes}
+    finally:
+        plt.close(fig)
+    assert legends == {"loss": ["a/run train", "a/run validation", "b/run train", "b/run validation"],
+                       "accuracy": ["a/run validation", "a/run test", "b/run validation", "b/run test"],
+                       "learning rate": ["a/run", "b/run"]}

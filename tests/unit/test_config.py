@@ -122,3 +122,9 @@ def test_the_wandb_config_leaves_out_keys_the_chosen_options_never_read():
     synthetic = relevant_dict(load_config(None, ["data.source=synthetic", "strategy.name=deepspeed", "optim.name=sgd"]))
     assert synthetic["data"]["num_samples"] == 512 and synthetic["strategy"]["zero_stage"] == 2
     assert synthetic["optim"]["momentum"] == 0.0 and "betas" not in synthetic["optim"]
+    assert "class_path" not in digits["model"] and "class_path" not in digits["data"]  # a built-in model and data
+    own = relevant_dict(load_config(None, ["data.source=custom", "data.class_path=mydata.make",
+                                           "model.class_path=nets.Net", "model.init_args={width: 4}"]))
+    assert own["model"] == {"class_path": "nets.Net", "init_args": {"width": 4}, "sync_batchnorm": False}
+    assert own["data"]["loader_workers"] == 1 and own["data"]["class_path"] == "mydata.make"  # custom items' readers
+    assert "val_fraction" not in own["data"] and "path" not in own["data"]  # a custom source gives its own splits
