@@ -56,10 +56,14 @@ class StartPlan:
         changed = self.changes.line()
         return f"{line}; {changed}" if changed else line
 
-    def finished_line(self, run_dir: Path) -> str:
+    def finished_line(self, run_dir: Path, script: bool = False) -> str:
+        """`script`: the run is a script's (dist_train.fit), which has no --fresh."""
         assert self.checkpoint is not None
+        fresh = ("Set run.resume=never in the config the script gives dist_train.fit (or as one of its overrides)"
+                 if script else "Pass --fresh")
         line = (f"dist-train: the run in {run_dir} already finished at step {self.checkpoint.global_step}; nothing to "
-                "do. Pass --fresh to train again from scratch, or raise train.epochs to go on")
+                f"do. {fresh} to train again from scratch (the earlier run is kept, renamed), or raise train.epochs "
+                "to go on")
         changed = self.changes.line()
         return f"{line} ({changed}: they would apply only if it went on)" if changed else line
 

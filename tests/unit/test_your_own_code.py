@@ -68,8 +68,15 @@ def test_an_import_path_and_a_factory_function_work_too():
      "the model's outputs have shape (2, 4) for a batch of 2, but the targets need (2, 3)"),
     ([f"data.class_path={DATA}:not_three"], "data.class_path", "returned a list of 1, not the train, validation and test"),
     ([f"data.class_path={DATA}:raising"], "data.class_path",
-     "calling raising(**init_args) failed: ValueError: cannot read 10 samples from /nowhere"),
-    ([f"data.class_path={DATA}:bad_items"], "data.class_path", "a dataset item is a dict"),
+     "calling raising(**init_args) failed: ValueError: cannot read 10 samples from /nowhere "
+     "(at tests/user_project/data.py:56 in raising)"),
+    ([f"data.class_path={DATA}:bad_items"], "data.class_path", "the train split's item 0 is a dict"),
+    ([f"data.class_path={DATA}:failing_item"], "data.class_path",
+     "reading the train split's item 5 failed: FileNotFoundError: sample-5.png (at tests/user_project/data.py:"),
+    ([f"data.class_path={DATA}:failing_item", "data.init_args={bad: 1, split: val}"], "data.class_path",
+     "reading the val split's item 1 failed: FileNotFoundError: sample-1.png"),
+    ([f"data.class_path={DATA}:ragged_item"], "data.class_path",
+     "the train split's item 0 and the train split's item 7 have inputs of different shapes ((3,) and (4,))"),
     ([f"data.class_path={DATA}:make_splits", "data.init_args={n_train: 0}"], "data.class_path",
      "the train split from make_splits is empty"),
 ])
@@ -190,3 +197,22 @@ def test_getitems_may_return_the_batch_as_two_stacked_tensors():
     assert torch.equal(stacked[0], x) and torch.equal(stacked[1], y)
     with pytest.raises(ConfigError, match="inputs of different shapes"):
         collate([(torch.zeros(3), 0), (torch.zeros(4), 1)])
+    with pytest.raises(ConfigError, match=r"the val split's item 20 and the val split's item 22 have targets of "
+                                          r"different shapes \(\(\) and \(2,\)\)"):
+        collate([(torch.zeros(3), 0), (torch.zeros(3), 1), (torch.zeros(3), [1, 2])], [20, 21, 22], "val")
+
+
+@pytest.mark.parametrize("readers", [0, 2])
+def test_an_item_that_fails_in_training_is_named_with_its_split_index_and_place(readers):
+    """Met by the loader (its reader processes too), not at start: the error
+    travels back as data and is raised in the rank with its message whole."""
+    from dist_train.errors import DistTrainError
+    from tests.helpers import build_trainer
+
+    cfg = load_config(None, [*CUSTOM, f"data.class_path={DATA}:failing_item", "data.normalize=none",
+                             f"data.loader_workers={readers}", "train.global_batch_size=4", "wandb.mode=disabled"])
+    trainer = build_trainer(cfg, DistEnv())
+    with pytest.raises(DistTrainError) as info:
+        trainer.fit()
+    assert "reading the train split's item 5 failed: FileNotFoundError: sample-5.png (at tests/user_project/" \
+           "data.py:" in str(info.value) and "in __getitem__)" in str(info.value)
