@@ -21,7 +21,7 @@ import yaml
 from dist_train import checkpoint as ckpt
 from dist_train.atomic import write_atomic
 from dist_train.config import Config, dump_yaml, to_dict
-from dist_train.errors import DistTrainError
+from dist_train.errors import DistTrainError, taken_from
 from dist_train.resolve import Resolved
 from dist_train.resume_changes import Change, ResumeChanges, compare
 
@@ -147,5 +147,5 @@ def open_run_dir(cfg: Config) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     except OSError as exc:
-        raise DistTrainError(f"cannot write the run directory {run_dir} ({exc.strerror or exc}); choose a run.dir "
+        raise DistTrainError(f"cannot write the run directory {run_dir}{taken_from(run_dir)} ({exc.strerror or exc}); choose a run.dir "
                              "you can write (run.dir=...)") from None

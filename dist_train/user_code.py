@@ -3,7 +3,8 @@ convention) and `init_args`.
 
 A class_path is an import path ("mypkg.nets.ResidualMLP", imported from the
 Python path) or a file and a name ("/abs/dir/nets.py:ResidualMLP"; the
-config makes a relative file absolute against the config file's directory).
+config makes a relative file absolute against the current directory, as
+every relative path in a config).
 Naming it runs that code, like any Python import. Every mistake is a
 ConfigError naming the key: a module that does not import (and why, and the
 Python path searched), a name that is not there, an init_args key the callable
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dist_train.errors import ConfigError
+from dist_train.errors import ConfigError, taken_from
 
 
 _NOT_THE_USERS = tuple(os.path.realpath(p) + os.sep for p in {
@@ -93,9 +94,8 @@ def resolve_callable(key: str, class_path: str) -> Callable[..., Any]:
 
 def _module_from_file(key: str, file: Path) -> Any:
     if not file.is_file():
-        raise ConfigError(key, f"file {str(file)!r} does not exist",
-                          "a file in class_path is relative to the config file; every node must see it (a shared "
-                          "file system)")
+        raise ConfigError(key, f"file {str(file)!r} does not exist{taken_from(file)}",
+                          "every node must see it (a shared file system)")
     # one module per file, under a name of its own: loading it twice (the data
     # and the model in one file) gives the same objects
     name = f"dist_train_user_{file.stem}_{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]}"

@@ -116,7 +116,7 @@ def test_a_data_factory_failing_in_the_workers_fails_the_launch_with_one_clear_l
                                         "    raise FileNotFoundError(path)\n")
     shutil.copy(Path(REPO) / "configs" / "cpu_test.yaml", tmp_path / "run.yaml")
     proc = cli("launch", "--nproc-per-node", "2", tmp_path / "run.yaml", "data.source=custom",
-               "data.class_path=broken.py:make_splits", f"run.dir={tmp_path / 'run'}")
+               f"data.class_path={tmp_path / 'broken.py'}:make_splits", f"run.dir={tmp_path / 'run'}")
     # importable, so launch starts the workers; calling it fails in each of them: a user's mistake, exit status 2
     assert proc.returncode == 2
     assert ("config key 'data.class_path': calling make_splits(**init_args) failed: FileNotFoundError: "
