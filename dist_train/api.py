@@ -53,12 +53,10 @@ def fit(config: str | Path | Mapping[str, Any] | Config | None = None, *override
     env = worker_env(cfg)  # as `dist-train run` sets itself up: under srun, torchrun or alone
 
     def build(cfg: Config, env: DistEnv, resolved: Any, comm: Any) -> Any:
-        from dist_train.data import build_data
+        return build_parts(cfg, env, resolved, comm, None, _model_factory(model) if model is not None else None,
+                           splits=data)
 
-        given = build_data(cfg, env, resolved, comm, splits=data) if data is not None else None
-        return build_parts(cfg, env, resolved, comm, given, _model_factory(model) if model is not None else None)
-
-    outcome = run_job(cfg, env, build)
+    outcome = run_job(cfg, env, build, script=True)
     if outcome.exit_code == EXIT_RESUME and exit_on_stop:
         sys.exit(EXIT_RESUME)
     if outcome.stop is not None:  # the script goes on: signals act as usual again

@@ -40,7 +40,7 @@ import torch
 from dist_train.atomic import atomic_file
 from dist_train.comm import Comm
 from dist_train.config import CheckpointConfig
-from dist_train.errors import DistTrainError, TrainingFailed
+from dist_train.errors import DistTrainError, TrainingFailed, taken_from
 from dist_train.monitor import Monitor
 from dist_train.train_state import TrainState
 
@@ -188,6 +188,9 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
     """The checkpoint at `path`, or DistTrainError saying what is wrong with it."""
     path = Path(path)
     manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise DistTrainError(f"checkpoint {path}{taken_from(path)} does not exist: name a checkpoint directory "
+                             "(RUN_DIR/checkpoints/step-N)")
     if not manifest_path.is_file():
         raise DistTrainError(f"checkpoint {path} has no {MANIFEST} (its save did not finish)")
     try:

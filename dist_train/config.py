@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import math
 import re
 import types
@@ -81,7 +82,7 @@ class DataConfig:
         "digits", ANOTHER_DATA_SET)
     path: str = fixed("", ANOTHER_DATA_SET)
     # custom: a function (or class) returning the train, validation and test datasets:
-    # "package.module.name", or "file.py:name" relative to the config file
+    # "package.module.name", or "file.py:name" (a relative file: from the current directory, as every path)
     class_path: str = fixed("", ANOTHER_DATA_SET)
     init_args: dict = fixed(why=ANOTHER_DATA_SET, factory=dict)
     loader_workers: int = changeable(1)  # DataLoader processes per rank reading shards or a custom dataset (0: the main process)
@@ -110,7 +111,7 @@ class DataConfig:
 class ModelConfig:
     name: Literal["mlp", "cnn"] = fixed("mlp", ANOTHER_NETWORK)
     # a model of your own instead of mlp/cnn: a class or function building an
-    # nn.Module, "package.module.Name" or "file.py:Name" relative to the config
+    # nn.Module, "package.module.Name" or "file.py:Name" (a relative file: from the current directory)
     # file, called with init_args (and input_shape, num_classes or num_outputs
     # when its signature asks for them)
     class_path: str = fixed("", ANOTHER_NETWORK)
@@ -319,7 +320,9 @@ def default_value(key: str) -> Any:
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML file (or start from defaults when path is None), apply
-    `a.b=value` overrides, check types and values, and return the frozen tree."""
+    `a.b=value` overrides, check types and values, and return the frozen tree.
+    Every relative path in it (data.path, run.dir, run.resume, a class_path's
+    file) is taken from the current directory, as the command line's are."""
     raw = read_yaml_mapping(path, "a mapping of sections (data:, model:, ...)", "configs/quickstart.yaml") if path is not None else {}
     return config_from_dict(raw, overrides, base_dir=Path(path).resolve().parent if path is not None else None)
 
@@ -345,27 +348,37 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]
                      base_dir: Path | None = None) -> Config:
     """The config tree from a plain mapping (left untouched) plus `a.b=value`
     overrides. A class_path naming a file ("nets.py:Net") is made absolute
-    against `base_dir` (the config file's directory; default: the current one),
-    so every worker, on every node, finds the same file."""
+    against the current directory (every relative path is), so every worker,
+    on every node, finds the same file; `base_dir`, the config file's
+    directory, is only named in the error when the file is there instead."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         _apply_override(raw, item)
     config = build_section(Config, raw)
-    config = _absolute_class_paths(config, base_dir or Path.cwd())
+    config = _absolute_class_paths(config, base_dir)
     validate(config)
     return config
 
 
-def _absolute_class_paths(config: Config, base_dir: Path) -> Config:
-    def absolute(class_path: str) -> str:
+def _absolute_class_paths(config: Config, config_dir: Path | None) -> Config:
+    def absolute(key: str, class_path: str) -> str:
         if ":" not in class_path:
             return class_path  # a dotted import path
         file, name = class_path.rsplit(":", 1)
-        return f"{(base_dir / file).resolve()}:{name}" if file else class_path
+        if not file:
+            return class_path
+        found = (Path.cwd() / file).resolve()
+        beside = (config_dir / file).resolve() if config_dir is not None else found
+        if not found.is_file() and beside.is_file() and beside != found:  # the rule of dist-train before 0.25
+            shown = os.path.relpath(beside)
+            raise ConfigError(key, f"file {file!r} is not in the current directory {Path.cwd()} (relative paths in a "
+                              "config are taken from the directory the command runs in, as on the command line); "
+                              f"the config file's directory has one", f"write {key}: {shown}:{name}")
+        return f"{found}:{name}"
 
     return dataclasses.replace(
-        config, model=dataclasses.replace(config.model, class_path=absolute(config.model.class_path)),
-        data=dataclasses.replace(config.data, class_path=absolute(config.data.class_path)))
+        config, model=dataclasses.replace(config.model, class_path=absolute("model.class_path", config.model.class_path)),
+        data=dataclasses.replace(config.data, class_path=absolute("data.class_path", config.data.class_path)))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -712,7 +725,7 @@ def _check_class_path(section: str, class_path: str, init_args: dict, needed: bo
                           f"name what to call in {section}.class_path")
     if class_path and not re.fullmatch(r"[\w.]+|[^:]+\.py:\w+", class_path):
         raise ConfigError(f"{section}.class_path", f"{class_path!r} is neither an import path nor a file and a name",
-                          "use package.module.Name, or file.py:Name (relative to the config file)")
+                          "use package.module.Name, or file.py:Name (a relative file: from the current directory)")
 
 
 def _positive(key: str, value: float) -> None:

@@ -43,3 +43,15 @@ def name_some(items: list[str], limit: int = MAX_NAMED) -> str:
     without bound."""
     more = len(items) - limit
     return "; ".join(items[:limit]) + (f"; and {more} more" if more > 0 else "")
+
+
+def taken_from(path: object) -> str:
+    """For a message about a path: where a relative one was taken from (the
+    one rule for every path in a config, an override or a command: the
+    directory the command runs in); nothing for an absolute one."""
+    import os
+
+    text = os.fspath(path)  # type: ignore[arg-type]
+    if not text or os.path.isabs(text):
+        return ""
+    return f" (a relative path, taken from the current directory {os.getcwd()})"

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from dist_train.config import ModelConfig
 from dist_train.errors import ConfigError
 from dist_train.tasks import CLASSIFICATION, Task
-from dist_train.user_code import call_with, resolve_callable
+from dist_train.user_code import call_with, failure, resolve_callable
 
 LEAKY_SLOPE = 0.01
 
@@ -159,7 +159,7 @@ def check_outputs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
             outputs = model(inputs)
     except Exception as exc:
         raise ConfigError(key, f"the model's forward pass on inputs of shape {tuple(inputs.shape)} failed: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                          f"{failure(exc)}",
                           "make the model take a batch of inputs of the data's shape") from None
     finally:
         model.train(was_training)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -22,7 +23,7 @@ from dist_train.resolve import Resolved
 from dist_train.rng import rank_seed, seed_everything
 from dist_train.schedules import LRSchedule
 from dist_train.strategy import build_strategy
-from dist_train.sync_batchnorm import convert_sync_batchnorm
+from dist_train.sync_batchnorm import batch_norm_layers, convert_sync_batchnorm
 from dist_train.tasks import check_task
 from dist_train.trainer import Parts
 
@@ -31,22 +32,35 @@ ModelFactory = Callable[[Config, TrainData], nn.Module]
 
 
 def build_parts(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None = None,
-                data: TrainData | None = None, model_factory: ModelFactory | None = None) -> Parts:
-    """Data (unless given), model (from the config, or `model_factory(cfg,
-    data)`), synchronized batch norm, optimizer, strategy, LR schedule and
-    loss, in that order. One forward pass checks the model's outputs against
-    the targets first."""
-    given = data is not None
-    data = data if data is not None else build_data(cfg, env, resolved, comm)
-    check_task(cfg, data.task)  # a custom source's task is known only now
-    # Same seed on every rank for the weights (DDP also broadcasts rank 0's),
-    # then a per-rank stream for dropout and anything else random.
-    seed_everything(cfg.train.seed)
-    model = (model_factory or _config_model)(cfg, data).to(env.device)
-    example = data.example_batch()
-    check_outputs(model, example.inputs, example.targets, data.task, data.num_outputs,
-                  "model.class_path" if cfg.model.class_path else "model")
+                data: TrainData | None = None, model_factory: ModelFactory | None = None,
+                splits: Any = None) -> Parts:
+    """Data (unless given; `splits`: a custom source's datasets given in
+    Python), model (from the config, or `model_factory(cfg, data)`),
+    synchronized batch norm, optimizer, strategy, LR schedule and loss, in
+    that order. One forward pass checks the model's outputs against the
+    targets first. The ranks agree on the data and the model before the
+    strategy's first collective: a mistake in the user's code or data stops
+    every rank with that one message (said by one rank), not a lost peer."""
+    comm = comm or Comm.of(env)
+    given = data is not None or splits is not None
+    model, error = None, None
+    try:
+        data = data if data is not None else build_data(cfg, env, resolved, comm, splits=splits)
+        check_task(cfg, data.task)  # a custom source's task is known only now
+        # Same seed on every rank for the weights (DDP also broadcasts rank 0's),
+        # then a per-rank stream for dropout and anything else random.
+        seed_everything(cfg.train.seed)
+        model = (model_factory or _config_model)(cfg, data).to(env.device)
+        example = data.example_batch()
+        check_outputs(model, example.inputs, example.targets, data.task, data.num_outputs,
+                      "model.class_path" if cfg.model.class_path else "model")
+    except Exception as exc:  # raised together below: no rank goes on to a collective the others never reach
+        error = exc
+    comm.raise_together(error)
+    assert data is not None and model is not None
+    synchronized = None
     if cfg.model.sync_batchnorm:
+        synchronized = batch_norm_layers(model)  # said once, in the start record
         model = convert_sync_batchnorm(model, env)
     strategy = build_strategy(cfg, env, resolved, model, lambda module: build_optimizer(cfg.optim, module, env.device))
     seed_everything(rank_seed(cfg.train.seed, env.rank))
@@ -57,7 +71,7 @@ def build_parts(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None
     recipe = config_recipe(cfg.model) if model_factory is None else getattr(
         model_factory, "recipe", {"kind": "object", "name": "a model given in Python", "files": {}})
     spec = spec_for(recipe, data, cfg.train.loss, {"source": "python"} if given else data_record(cfg))
-    return Parts(data, strategy, schedule, build_loss(cfg.train.loss, data.task), spec)
+    return Parts(data, strategy, schedule, build_loss(cfg.train.loss, data.task), spec, synchronized)
 
 
 def data_record(cfg: Config) -> dict:

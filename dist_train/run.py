@@ -63,12 +63,14 @@ def run(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_lock: b
 
 
 def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_lock: bool = True,
-            announce_stop: bool = True, decided: JobDecision | None = None) -> Outcome:
+            announce_stop: bool = True, decided: JobDecision | None = None, script: bool = False) -> Outcome:
     """`build`: how the parts are made (tests and the Python API wrap
     `build_parts`). `take_lock`: False when the launcher that started this
     worker holds the run directory's lock for the job. `announce_stop`: False
     when the launcher reports a stop itself. `decided`: what the launcher
-    already checked and planned (dist_train.job_decision), not done again."""
+    already checked and planned (dist_train.job_decision), not done again.
+    `script`: a script's run (dist_train.fit): its hints speak of its config,
+    not of command-line flags."""
     if decided is not None and decided.checked_world_size == env.world_size:
         resolved = resolve(cfg, env.world_size)
     else:
@@ -87,7 +89,7 @@ def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_loc
             watchdog = Watchdog(cfg.dist, cfg.train.compile, env, Path(cfg.run.dir), peers, resolved.strategy)
             try:
                 planned = decided.plan if decided is not None else None
-                outcome = _run(cfg, env, resolved, stop, build, take_lock, announce_stop, watchdog, planned)
+                outcome = _run(cfg, env, resolved, stop, build, take_lock, announce_stop, watchdog, planned, script)
                 return outcome
             except RuntimeError as exc:
                 if MARK in str(exc):  # dist.check_collectives found ranks calling different collectives
@@ -112,7 +114,7 @@ def run_job(cfg: Config, env: DistEnv, build: BuildParts = build_parts, take_loc
 
 
 def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build: BuildParts, take_lock: bool,
-         announce_stop: bool, watchdog: Watchdog, planned: StartPlan | None) -> Outcome:
+         announce_stop: bool, watchdog: Watchdog, planned: StartPlan | None, script: bool = False) -> Outcome:
     comm = Comm.of(env)
     run_dir = Path(cfg.run.dir)
     lock = RunDirLock(run_dir, "dist-train run") if take_lock and env.is_rank0 else None
@@ -122,7 +124,7 @@ def _run(cfg: Config, env: DistEnv, resolved: Resolved, stop: StopRequest, build
         plan: StartPlan = planned if planned is not None else comm.rank0_then_share(lambda: _plan(cfg, resolved, lock))
         if plan.finished:
             if env.is_rank0:
-                print(plan.finished_line(run_dir), flush=True)
+                print(plan.finished_line(run_dir, script), flush=True)
             return Outcome(EXIT_OK)
         trainer = Trainer(cfg, env, resolved, build(cfg, env, resolved, comm), comm, run_dir=run_dir, stop=stop,
                           watchdog=watchdog)

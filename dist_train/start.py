@@ -21,7 +21,7 @@ import yaml
 from dist_train import checkpoint as ckpt
 from dist_train.atomic import write_atomic
 from dist_train.config import Config, relevant_dict, to_dict, unused_keys
-from dist_train.errors import DistTrainError
+from dist_train.errors import DistTrainError, taken_from
 from dist_train.resolve import Resolved
 from dist_train.resume_changes import Change, ResumeChanges, compare
 
@@ -56,10 +56,14 @@ class StartPlan:
         changed = self.changes.line()
         return f"{line}; {changed}" if changed else line
 
-    def finished_line(self, run_dir: Path) -> str:
+    def finished_line(self, run_dir: Path, script: bool = False) -> str:
+        """`script`: the run is a script's (dist_train.fit), which has no --fresh."""
         assert self.checkpoint is not None
+        fresh = ("Set run.resume=never in the config the script gives dist_train.fit (or as one of its overrides)"
+                 if script else "Pass --fresh")
         line = (f"dist-train: the run in {run_dir} already finished at step {self.checkpoint.global_step}; nothing to "
-                "do. Pass --fresh to train again from scratch, or raise train.epochs to go on")
+                f"do. {fresh} to train again from scratch (the earlier run is kept, renamed), or raise train.epochs "
+                "to go on")
         changed = self.changes.line()
         return f"{line} ({changed}: they would apply only if it went on)" if changed else line
 
@@ -143,7 +147,7 @@ def open_run_dir(cfg: Config) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", config_yaml(cfg))
     except OSError as exc:
-        raise DistTrainError(f"cannot write the run directory {run_dir} ({exc.strerror or exc}); choose a run.dir "
+        raise DistTrainError(f"cannot write the run directory {run_dir}{taken_from(run_dir)} ({exc.strerror or exc}); choose a run.dir "
                              "you can write (run.dir=...)") from None
 
 

@@ -27,7 +27,6 @@ own batch statistics, as torch's batch norm does.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -173,6 +172,11 @@ def _group_size(world_size: int | None, process_group: dist.ProcessGroup | None)
     return size
 
 
+def batch_norm_layers(model: nn.Module) -> int:
+    """How many batch-norm layers `convert_sync_batchnorm` synchronizes."""
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def convert_sync_batchnorm(model: nn.Module, env: DistEnv,
                            process_group: dist.ProcessGroup | None = None) -> nn.Module:
     """Replace every batch-norm layer by its synchronized version, in place
@@ -182,9 +186,6 @@ def convert_sync_batchnorm(model: nn.Module, env: DistEnv,
     this group (each rank passes the one it belongs to); None: all workers.
     One worker: nothing to synchronize, unchanged. On CUDA, torch's own
     `nn.SyncBatchNorm` (NCCL kernels); elsewhere ours."""
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        warnings.warn("model.sync_batchnorm is true but the model has no batch-norm layer, so it does nothing "
-                      "(the mlp needs model.batch_norm=true)", stacklevel=2)
     if env.world_size <= 1:
         return model
     if env.device.startswith("cuda"):

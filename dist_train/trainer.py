@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class Parts:
     schedule: LRSchedule
     loss_fn: LossFn
     spec: PredictorSpec  # what predicting needs besides the weights (every checkpoint holds it)
+    sync_batchnorm_layers: int | None = None  # batch-norm layers synchronized (model.sync_batchnorm); None: not asked
 
 
 class EpochEnd(enum.Enum):
@@ -97,6 +99,7 @@ class Trainer:
         self.comm = comm or Comm.of(env)
         self.data, self.strategy, self.schedule, self.loss_fn = parts.data, parts.strategy, parts.schedule, parts.loss_fn
         self.spec = parts.spec
+        self.sync_batchnorm_layers = parts.sync_batchnorm_layers
         self.tracker = tracker or NullTracker()
         self.stop = stop or StopRequest()
         self.watchdog = watchdog or NoWatchdog()  # told of every unit of progress (dist_train.watchdog)
@@ -139,10 +142,16 @@ class Trainer:
     def _fit(self) -> FitResult:
         s, t, tracker = self.state, self.cfg.train, self.tracker
         if s.global_step == 0:
+            synced = self.sync_batchnorm_layers
             tracker.log("start", world_size=self.env.world_size, global_batch_size=self.resolved.global_batch_size,
                         per_rank_batch_size=self.resolved.per_rank_batch_size, strategy=self.resolved.strategy,
                         precision=t.precision, train_samples=self.data.train_size,
-                        steps_per_epoch=self.data.train.steps_per_epoch)
+                        steps_per_epoch=self.data.train.steps_per_epoch,
+                        **({"sync_batchnorm_layers": synced} if synced is not None else {}))
+            if synced == 0 and self.env.is_rank0:
+                mlp = "" if self.cfg.model.class_path else " (the built-in mlp has them with model.batch_norm=true)"
+                print(f"dist-train: warning: model.sync_batchnorm is true but the model has no batch-norm layer: "
+                      f"nothing is synchronized{mlp}", file=sys.stderr, flush=True)
         early_stopped = False
         while s.epoch < t.epochs:
             end, _ = self.train_epoch()

@@ -3,7 +3,8 @@ convention) and `init_args`.
 
 A class_path is an import path ("mypkg.nets.ResidualMLP", imported from the
 Python path) or a file and a name ("/abs/dir/nets.py:ResidualMLP"; the
-config makes a relative file absolute against the config file's directory).
+config makes a relative file absolute against the current directory, as
+every relative path in a config).
 Naming it runs that code, like any Python import. Every mistake is a
 ConfigError naming the key: a module that does not import (and why, and the
 Python path searched), a name that is not there, an init_args key the callable
@@ -15,12 +16,51 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
+import sysconfig
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dist_train.errors import ConfigError
+from dist_train.errors import ConfigError, taken_from
+
+
+_NOT_THE_USERS = tuple(os.path.realpath(p) + os.sep for p in {
+    str(Path(__file__).resolve().parent),  # dist_train itself
+    str(Path(importlib.util.find_spec("torch").origin).resolve().parent),  # type: ignore[union-attr]
+    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
+
+
+def place(exc: BaseException) -> str:
+    """Where in the user's code `exc` was raised: "at nets.py:43 in forward"
+    (the innermost frame outside dist_train, torch and Python's own library;
+    a path under the current directory is shown relative to it), or "" when
+    no frame is the user's. A syntax error names its own line."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"at {_shown(exc.filename)}:{exc.lineno}"
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        file = os.path.realpath(frame.filename)
+        if frame.filename.startswith("<") or file.startswith(_NOT_THE_USERS):
+            continue
+        return f"at {_shown(frame.filename)}:{frame.lineno} in {frame.name}"
+    return ""
+
+
+def failure(exc: BaseException) -> str:
+    """`exc` for a message: "ValueError: bad value (at nets.py:43 in forward)"."""
+    where = place(exc)
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" + (f" ({where})" if where else "")
+
+
+def _shown(file: str) -> str:
+    path = Path(file).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def resolve_callable(key: str, class_path: str) -> Callable[..., Any]:
@@ -41,7 +81,7 @@ def resolve_callable(key: str, class_path: str) -> Callable[..., Any]:
                               f"install it, or put its directory on PYTHONPATH (searched: {path}); a file next to "
                               f"the config can be named file.py:{name}") from None
         except Exception as exc:  # the module itself raised while it ran
-            raise ConfigError(key, f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+            raise ConfigError(key, f"importing module {module_name!r} failed: {failure(exc)}") from None
         where = module_name
     found = getattr(module, name, None)
     if found is None:
@@ -54,9 +94,8 @@ def resolve_callable(key: str, class_path: str) -> Callable[..., Any]:
 
 def _module_from_file(key: str, file: Path) -> Any:
     if not file.is_file():
-        raise ConfigError(key, f"file {str(file)!r} does not exist",
-                          "a file in class_path is relative to the config file; every node must see it (a shared "
-                          "file system)")
+        raise ConfigError(key, f"file {str(file)!r} does not exist{taken_from(file)}",
+                          "every node must see it (a shared file system)")
     # one module per file, under a name of its own: loading it twice (the data
     # and the model in one file) gives the same objects
     name = f"dist_train_user_{file.stem}_{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]}"
@@ -71,7 +110,7 @@ def _module_from_file(key: str, file: Path) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise ConfigError(key, f"running {str(file)!r} failed: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(key, f"running {str(file)!r} failed: {failure(exc)}") from None
     return module
 
 
@@ -106,4 +145,4 @@ def call_with(key: str, target: Callable[..., Any], init_args: dict[str, Any], o
         raise
     except Exception as exc:
         raise ConfigError(key, f"calling {getattr(target, '__qualname__', target)}(**init_args) failed: "
-                          f"{type(exc).__name__}: {exc}") from exc
+                          f"{failure(exc)}") from exc

@@ -181,9 +181,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _speaking(command, args: argparse.Namespace) -> int:
-    """A user's mistake is one line and its exit status, never a traceback."""
+    """A user's mistake is one line and its exit status, never a traceback;
+    said once for a job (the rank that met it says it, the others are quiet)."""
+    from dist_train.comm import SharedError
+
     try:
         return command(args)
+    except SharedError as exc:
+        return exc.exit_code
     except DistTrainError as exc:
         print(f"dist-train: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

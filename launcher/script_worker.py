@@ -6,6 +6,7 @@ launcher."""
 import runpy
 import sys
 
+from dist_train.comm import SharedError
 from dist_train.errors import DistTrainError
 from launcher.elastic import write_worker_status
 
@@ -15,6 +16,8 @@ def main() -> int:
     sys.argv = [script, *args]
     try:
         runpy.run_path(script, run_name="__main__")
+    except SharedError as exc:  # another rank met the mistake and says it
+        return exc.exit_code
     except DistTrainError as exc:
         print(f"dist-train: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

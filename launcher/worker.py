@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from dist_train.comm import SharedError
 from dist_train.errors import DistTrainError
 from dist_train.job_decision import JobDecision
 from dist_train.run import run
@@ -28,6 +29,8 @@ def main(argv: list[str]) -> int:
         cfg = decided.config
         held = decided.lock is not None and decided.lock == str(lock_path(Path(cfg.run.dir)).resolve())
         return run(cfg, worker_env(cfg), take_lock=not held, announce_stop=False, decided=decided)
+    except SharedError as exc:  # another rank met the mistake and says it: one message for the job
+        return exc.exit_code
     except DistTrainError as exc:
         print(f"dist-train: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

@@ -22,6 +22,7 @@ statistics (one pass over it at start, on every rank) unless
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,10 +34,10 @@ from dist_train.data.normalization import Normalizer, Stats, streamed_stats
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
 from dist_train.data.sources import InputSpec
 from dist_train.env import DistEnv
-from dist_train.errors import ConfigError
+from dist_train.errors import ConfigError, DistTrainError
 from dist_train.stop_request import ignore_stop_signals
 from dist_train.tasks import Task
-from dist_train.user_code import call_with, resolve_callable
+from dist_train.user_code import call_with, failure, resolve_callable
 
 KEY = "data.class_path"
 SPLIT_NAMES = ("train", "val", "test")
@@ -68,31 +69,90 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}" + (f" of {len(value)}" if isinstance(value, (tuple, list)) else "")
 
 
-def collate(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, target) items to two stacked tensors; the first wrong item is
-    named. A `__getitems__` may also return the batch itself, a tuple of two
-    stacked tensors (inputs, targets): then nothing is left to stack."""
+def collate(items: Sequence[Any], indices: Sequence[int] | None = None,
+            split: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, target) items to two stacked tensors; a wrong item is named by
+    its split and index (`indices`: the items' indices in their split). A
+    `__getitems__` may also return the batch itself, a tuple of two stacked
+    tensors (inputs, targets): then nothing is left to stack."""
     if (isinstance(items, tuple) and len(items) == 2 and all(isinstance(t, torch.Tensor) for t in items)
             and items[0].dim() >= 1 and items[1].dim() >= 1 and len(items[0]) == len(items[1])):
         return items[0], items[1]
+    names = list(indices) if indices is not None and len(indices) == len(items) else list(range(len(items)))
+
+    def item(i: int) -> str:
+        return f"{_items(split)} {names[i]}" if indices is not None else f"dataset item {names[i]}"
+
     inputs, targets = [], []
-    for index, item in enumerate(items):
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ConfigError(KEY, f"a dataset item is {_kind(item)}; items must be (input tensor, target) pairs")
-        x, y = item
+    for i, pair in enumerate(items):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ConfigError(KEY, f"{item(i)} is {_kind(pair)}; items must be (input tensor, target) pairs")
+        x, y = pair
         inputs.append(torch.as_tensor(x))
         targets.append(torch.as_tensor(y))
-    shape = inputs[0].shape
-    for x in inputs:
-        if x.shape != shape:
-            raise ConfigError(KEY, f"dataset items have inputs of different shapes ({tuple(shape)} and "
-                              f"{tuple(x.shape)}); every input must have the same shape")
+    for what, stacked in (("inputs", inputs), ("targets", targets)):
+        for i, t in enumerate(stacked):
+            if t.shape != stacked[0].shape:
+                raise ConfigError(KEY, f"{item(0)} and {item(i)} have {what} of different shapes "
+                                  f"({tuple(stacked[0].shape)} and {tuple(t.shape)}); every item's {what} must "
+                                  "have the same shape")
     return torch.stack(inputs), torch.stack(targets)
 
 
-def fetch_items(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def fetch_items(dataset: Dataset, indices: list[int], split: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The items at `indices` of a split, stacked; a failure in the dataset's
+    own code is named with the split, the item and the place in that code."""
     many = getattr(dataset, "__getitems__", None)
-    return collate(many(indices) if many is not None else [dataset[i] for i in indices])
+    if many is not None:
+        try:
+            items = many(indices)
+        except Exception as exc:
+            span = f"{indices[0]}..{indices[-1]}" if len(indices) > 1 else f"{indices[0]}"
+            raise ConfigError(KEY, f"__getitems__ for {_items(split)}s {span} failed: {failure(exc)}") from None
+        return collate(items, indices if not isinstance(items, tuple) else None, split)
+    items = []
+    for i in indices:
+        try:
+            items.append(dataset[i])
+        except Exception as exc:
+            raise ConfigError(KEY, f"reading {_items(split)} {i} failed: {failure(exc)}") from None
+    return collate(items, indices, split)
+
+
+def _items(split: str | None) -> str:
+    return f"the {split} split's item" if split else "item"
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A batch a reader process could not make: the error travels as data and
+    is raised in the rank itself, with its message whole."""
+
+    message: str
+
+
+class _Split(Dataset):
+    """One split of the user's data as DataLoader readers fetch it: a whole
+    batch of indices at a time (`fetch_items`), a mistake returned as `_Failed`."""
+
+    def __init__(self, dataset: Dataset, split: str) -> None:
+        self.dataset, self.split = dataset, split
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        try:
+            return fetch_items(self.dataset, list(indices), self.split)
+        except ConfigError as exc:
+            return _Failed(str(exc))
+
+
+def _as_batch(batch: Any) -> Any:
+    return batch
 
 
 class CustomData:
@@ -102,7 +162,7 @@ class CustomData:
                  global_batch_size: int, grad_accum_steps: int, seed: int) -> None:
         self.train_set, self.val_set, self.test_set = splits
         self.cfg, self.env = cfg, env
-        x, y = fetch_items(self.train_set, [0])
+        x, y = fetch_items(self.train_set, [0], "train")
         self.input_shape = tuple(x.shape[1:])
         self.input_dtype = x.dtype
         task = Task.of_targets(y.dtype, y.dim())
@@ -131,7 +191,7 @@ class CustomData:
         return self.batch(x, y) if on_device else Batch(x, y)
 
     def example_batch(self) -> Batch:
-        return self.batch(*fetch_items(self.val_set, list(range(min(2, len(self.val_set))))))
+        return self.batch(*fetch_items(self.val_set, list(range(min(2, len(self.val_set)))), "val"))
 
     def read_whole(self) -> Any:
         """Every split, read once and normalized on the CPU (data.cache)."""
@@ -139,19 +199,19 @@ class CustomData:
 
         on_cpu = Normalizer(self.stats, self.input_shape, self.cfg.normalize, "cpu")
 
-        def batches(dataset: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def batches(dataset: Dataset, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             chunks = [list(range(lo, min(lo + 4096, len(dataset)))) for lo in range(0, len(dataset), 4096)]
-            for x, y in _loader(dataset, chunks, self.cfg.loader_workers, seed=0):
+            for x, y in _loader(dataset, split, chunks, self.cfg.loader_workers, seed=0):
                 yield on_cpu(x), y
 
-        return dataset_splits((batches(d) for d in (self.train_set, self.val_set, self.test_set)),
+        return dataset_splits((batches(d, s) for d, s in zip((self.train_set, self.val_set, self.test_set), SPLIT_NAMES)),
                               self.input_shape, self.num_classes, self.task, self.input_spec)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         dataset = {"val": self.val_set, "test": self.test_set, "train": self.train_set}[split]
         lo, hi = even_slices(len(dataset), self.env.world_size)[self.env.rank]
         chunks = [list(range(start, min(start + batch_size, hi))) for start in range(lo, hi, batch_size)]
-        for x, y in _loader(dataset, chunks, self.cfg.loader_workers, seed=0):
+        for x, y in _loader(dataset, split, chunks, self.cfg.loader_workers, seed=0):
             yield self.batch(x, y)
 
 
@@ -166,7 +226,7 @@ class CustomLoader(PlannedLoader):
     def _raw_steps(self, epoch: int, start_step: int) -> Iterator[TrainStep]:
         steps = list(self.plan.epoch(epoch, start_step))
         wanted = [idx.tolist() for s in steps for idx in s.micro_indices if len(idx)]
-        fetched = iter(_loader(self.data.train_set, wanted, self.data.cfg.loader_workers, seed=epoch,
+        fetched = iter(_loader(self.data.train_set, "train", wanted, self.data.cfg.loader_workers, seed=epoch,
                                pin=self.data.env.device.startswith("cuda")))
         for s in steps:
             micro = tuple(Batch(*next(fetched)) if len(idx) else self.data.empty_batch(on_device=False)
@@ -174,18 +234,26 @@ class CustomLoader(PlannedLoader):
             yield TrainStep(s.step, micro, s.global_count)
 
 
-def _loader(dataset: Dataset, batches: list[list[int]], workers: int, seed: int, pin: bool = False) -> Iterator:
+def _loader(dataset: Dataset, split: str, batches: list[list[int]], workers: int, seed: int,
+            pin: bool = False) -> Iterator:
     """Each list of indices fetched as one batch, in order, by `workers`
     DataLoader processes (0: here). A generator of its own: a DataLoader
     otherwise draws its base seed from the global RNG, which would shift
-    dropout masks (and break exact resume)."""
+    dropout masks (and break exact resume). A bad item is raised here, named."""
     if not batches:
         return iter(())
-    return start_readers(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                                    prefetch_factor=4 if workers else None,
-                                    generator=torch.Generator().manual_seed(seed),
-                                    worker_init_fn=ignore_stop_signals if workers else None,
-                                    multiprocessing_context=reader_context() if workers else None, pin_memory=pin))
+    loader = DataLoader(_Split(dataset, split), batch_sampler=batches, num_workers=workers, collate_fn=_as_batch,
+                        prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed),
+                        worker_init_fn=ignore_stop_signals if workers else None,
+                        multiprocessing_context=reader_context() if workers else None, pin_memory=pin)
+    return _raising(start_readers(loader))
+
+
+def _raising(batches: Iterator) -> Iterator:
+    for batch in batches:
+        if isinstance(batch, _Failed):
+            raise DistTrainError(batch.message)  # a ConfigError's text: "config key 'data.class_path': ..."
+        yield batch
 
 
 def _class_names(dataset: Dataset) -> tuple[str, ...] | None:
@@ -204,7 +272,7 @@ def _num_classes(dataset: Dataset) -> int:
         return len(classes)
     largest = -1
     for start in range(0, len(dataset), 4096):
-        _, y = fetch_items(dataset, list(range(start, min(start + 4096, len(dataset)))))
+        _, y = fetch_items(dataset, list(range(start, min(start + 4096, len(dataset)))), "train")
         if (y < 0).any():
             raise ConfigError(KEY, "a class target is negative; class indices run from 0 to (classes - 1)")
         largest = max(largest, int(y.max()))
@@ -213,6 +281,6 @@ def _num_classes(dataset: Dataset) -> int:
 
 def _statistics(dataset: Dataset, input_shape: tuple[int, ...]) -> Stats:
     """Per-channel and per-feature mean and std of the training inputs, in one pass of chunks."""
-    chunks = (fetch_items(dataset, list(range(start, min(start + 4096, len(dataset)))))[0].numpy()
+    chunks = (fetch_items(dataset, list(range(start, min(start + 4096, len(dataset)))), "train")[0].numpy()
               for start in range(0, len(dataset), 4096))
     return streamed_stats(chunks, input_shape)

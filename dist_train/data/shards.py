@@ -35,7 +35,7 @@ import numpy as np
 from dist_train.data.normalization import Normalizer, normalization_stats
 from dist_train.data.sampler import even_slices
 from dist_train.data.sources import InputSpec
-from dist_train.errors import DistTrainError
+from dist_train.errors import DistTrainError, taken_from
 from dist_train.tasks import CLASSIFICATION, Task
 
 FORMAT = "dist-train-shards/1"
@@ -185,11 +185,11 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 def load_manifest(root: Path) -> Manifest:
     root = Path(root)
     if not root.is_dir():
-        raise DistTrainError(f"data.path {str(root)!r} is not a directory; prepare a data set there with "
+        raise DistTrainError(f"data.path {str(root)!r}{taken_from(root)} is not a directory; prepare a data set there with "
                              f"`dist-train prepare NAME --out {root}` (`dist-train prepare --help` lists the NAMEs), or point data.path at one")
     path = root / "manifest.json"
     if not path.is_file():
-        raise DistTrainError(f"data.path {str(root)!r} has no manifest.json, so it is not a prepared data set; prepare "
+        raise DistTrainError(f"data.path {str(root)!r}{taken_from(root)} has no manifest.json, so it is not a prepared data set; prepare "
                              f"one with `dist-train prepare NAME --out DIR` and point data.path at it")
     try:
         raw = json.loads(path.read_text())

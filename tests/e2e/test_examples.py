@@ -95,6 +95,12 @@ def test_the_python_api_script_gives_the_same_result_alone_and_on_two_workers(tm
                             "wandb.mode=disabled"], capture_output=True, text=True, timeout=300, cwd=REPO,
                            env={**os.environ, "PYTHONPATH": REPO})
     assert again.returncode == 0 and "already finished" in again.stdout
+    # a script has no --fresh: the hint says what does start it again, and that does
+    assert "--fresh" not in again.stdout and "Set run.resume=never in the config the script gives" in again.stdout
+    fresh = subprocess.run([sys.executable, "examples/python_api/train.py", f"run.dir={tmp_path / 'one'}",
+                            "wandb.mode=disabled", "run.resume=never", "train.epochs=1"], capture_output=True,
+                           text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    assert fresh.returncode == 0 and "starting afresh" in fresh.stdout, fresh.stdout + fresh.stderr
 
 
 @pytest.mark.parametrize("config, metric, floor", [("configs/diabetes.yaml", "test_r2", 0.3),
@@ -110,7 +116,7 @@ def test_a_data_factory_failing_in_the_workers_fails_the_launch_with_one_clear_l
                                         "    raise FileNotFoundError(path)\n")
     shutil.copy(Path(REPO) / "configs" / "cpu_test.yaml", tmp_path / "run.yaml")
     proc = cli("launch", "--nproc-per-node", "2", tmp_path / "run.yaml", "data.source=custom",
-               "data.class_path=broken.py:make_splits", f"run.dir={tmp_path / 'run'}")
+               f"data.class_path={tmp_path / 'broken.py'}:make_splits", f"run.dir={tmp_path / 'run'}")
     # importable, so launch starts the workers; calling it fails in each of them: a user's mistake, exit status 2
     assert proc.returncode == 2
     assert ("config key 'data.class_path': calling make_splits(**init_args) failed: FileNotFoundError: "

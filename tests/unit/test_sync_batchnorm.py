@@ -33,9 +33,16 @@ def test_conversion_keeps_parameters_and_state_dict_keys():
     assert convert_sync_batchnorm(plain, DistEnv()) is plain and isinstance(plain[0], nn.BatchNorm1d)
 
 
-def test_sync_batchnorm_without_batch_norm_layers_warns():
-    with pytest.warns(UserWarning, match="has no batch-norm layer"):
-        convert_sync_batchnorm(nn.Sequential(nn.Linear(2, 2)), DistEnv())
+def test_the_layers_to_synchronize_are_counted_and_none_is_no_warning_per_rank():
+    import warnings
+
+    from dist_train.sync_batchnorm import batch_norm_layers
+
+    assert batch_norm_layers(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Sequential(nn.BatchNorm2d(3)))) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the run says it once (its start record), not each rank a UserWarning
+        plain = nn.Sequential(nn.Linear(2, 2))
+        assert convert_sync_batchnorm(plain, DistEnv(world_size=2, rank=1)) is plain
 
 
 def test_conversion_keeps_the_layer_objects_training_mode_hooks_and_attributes():

@@ -34,15 +34,42 @@ def parts(*overrides):
     return build_parts(cfg, DistEnv(), resolve(cfg, 1), Comm())
 
 
-def test_a_model_file_next_to_the_config_is_found_and_given_what_it_asks_for(tmp_path):
+def test_a_model_file_is_found_from_the_current_directory_and_given_what_it_asks_for(tmp_path, monkeypatch):
     (tmp_path / "nets.py").write_text(open(NETS).read())
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"model": {"class_path": "nets.py:SmallBNNet",
-                                                                 "init_args": {"width": 7}}}))
-    cfg = load_config(tmp_path / "run.yaml", [])
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "run.yaml").write_text(yaml.safe_dump({"model": {"class_path": "nets.py:SmallBNNet",
+                                                                             "init_args": {"width": 7}}}))
+    monkeypatch.chdir(tmp_path)  # the one rule for relative paths: from where the command runs
+    cfg = load_config("configs/run.yaml", [])
     assert cfg.model.class_path == f"{tmp_path}/nets.py:SmallBNNet"  # absolute: every worker finds the same file
     model = build_model(cfg.model, (1, 8, 8), 10)
     assert type(model).__name__ == "SmallBNNet" and model.body[1].in_features == 64 and model.body[1].out_features == 7
     assert model.body[-1].out_features == 10  # num_classes passed because __init__ asks for it
+
+
+def test_a_relative_path_that_is_not_there_says_which_directory_it_was_taken_from(tmp_path, monkeypatch):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "nets.py").write_text(open(NETS).read())
+    (tmp_path / "project" / "run.yaml").write_text(yaml.safe_dump({"model": {"class_path": "nets.py:SmallBNNet"}}))
+    monkeypatch.chdir(tmp_path)
+    # beside the config (where dist-train looked before): named, with what to write
+    with pytest.raises(ConfigError, match=rf"config key 'model.class_path': file 'nets.py' is not in the current "
+                                          rf"directory {tmp_path} .* \(hint: write model.class_path: "
+                                          rf"project/nets.py:SmallBNNet\)"):
+        load_config("project/run.yaml", [])
+    with pytest.raises(ConfigError, match=rf"file '{tmp_path}/gone.py' does not exist"):
+        build_model(load_config(None, ["model.class_path=gone.py:Net"]).model, (4,), 3)
+    from dist_train.data.shards import load_manifest
+    from dist_train.errors import DistTrainError
+
+    with pytest.raises(DistTrainError, match=rf"data.path 'data/x' \(a relative path, taken from the current "
+                                             rf"directory {tmp_path}\) is not a directory"):
+        load_manifest("data/x")
+    from dist_train.checkpoint import verify_checkpoint
+
+    with pytest.raises(DistTrainError, match=rf"checkpoint runs/a/checkpoints/step-9 \(a relative path, taken from "
+                                             rf"the current directory {tmp_path}\) does not exist"):
+        verify_checkpoint("runs/a/checkpoints/step-9")
 
 
 def test_an_import_path_and_a_factory_function_work_too():
@@ -68,8 +95,15 @@ def test_an_import_path_and_a_factory_function_work_too():
      "the model's outputs have shape (2, 4) for a batch of 2, but the targets need (2, 3)"),
     ([f"data.class_path={DATA}:not_three"], "data.class_path", "returned a list of 1, not the train, validation and test"),
     ([f"data.class_path={DATA}:raising"], "data.class_path",
-     "calling raising(**init_args) failed: ValueError: cannot read 10 samples from /nowhere"),
-    ([f"data.class_path={DATA}:bad_items"], "data.class_path", "a dataset item is a dict"),
+     "calling raising(**init_args) failed: ValueError: cannot read 10 samples from /nowhere "
+     "(at tests/user_project/data.py:56 in raising)"),
+    ([f"data.class_path={DATA}:bad_items"], "data.class_path", "the train split's item 0 is a dict"),
+    ([f"data.class_path={DATA}:failing_item"], "data.class_path",
+     "reading the train split's item 5 failed: FileNotFoundError: sample-5.png (at tests/user_project/data.py:"),
+    ([f"data.class_path={DATA}:failing_item", "data.init_args={bad: 1, split: val}"], "data.class_path",
+     "reading the val split's item 1 failed: FileNotFoundError: sample-1.png"),
+    ([f"data.class_path={DATA}:ragged_item"], "data.class_path",
+     "the train split's item 0 and the train split's item 7 have inputs of different shapes ((3,) and (4,))"),
     ([f"data.class_path={DATA}:make_splits", "data.init_args={n_train: 0}"], "data.class_path",
      "the train split from make_splits is empty"),
 ])
@@ -157,7 +191,7 @@ def test_built_in_tabular_sources_load_without_download():
         assert math.isclose(float(data.splits.train.inputs.mean()), 0.0, abs_tol=1e-5)  # per-feature normalized
 
 
-def test_a_sweep_searches_over_your_models_init_args(tmp_path):
+def test_a_sweep_searches_over_your_models_init_args(tmp_path, monkeypatch):
     import io
 
     from launcher.tools.sweep.scheduler import SweepScheduler
@@ -170,13 +204,14 @@ def test_a_sweep_searches_over_your_models_init_args(tmp_path):
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
         "base": "base.yaml", "method": "grid", "space": {"model.init_args.width": {"choice": [8, 32]}},
         "out_dir": str(tmp_path / "out")}))
-    spec = load_sweep(tmp_path / "sweep.yaml")
+    monkeypatch.chdir(tmp_path)  # relative paths, the sweep's base among them: from where the command runs
+    spec = load_sweep("sweep.yaml")
     out = io.StringIO()
     assert SweepScheduler(spec, out=out).dry_run() == 0
     configs = [trial_config(spec.base, spec.name, spec.out_dir, i, {"model.init_args.width": w})
                for i, w in enumerate((8, 32))]
     assert [c.model.init_args for c in configs] == [{"width": 8, "dropout": 0.1}, {"width": 32, "dropout": 0.1}]
-    assert all(c.model.class_path == f"{tmp_path}/nets.py:SmallBNNet" for c in configs)  # next to the base config
+    assert all(c.model.class_path == f"{tmp_path}/nets.py:SmallBNNet" for c in configs)  # made absolute
     assert build_model(configs[1].model, (4,), 3).body[1].out_features == 32
 
 
@@ -190,3 +225,22 @@ def test_getitems_may_return_the_batch_as_two_stacked_tensors():
     assert torch.equal(stacked[0], x) and torch.equal(stacked[1], y)
     with pytest.raises(ConfigError, match="inputs of different shapes"):
         collate([(torch.zeros(3), 0), (torch.zeros(4), 1)])
+    with pytest.raises(ConfigError, match=r"the val split's item 20 and the val split's item 22 have targets of "
+                                          r"different shapes \(\(\) and \(2,\)\)"):
+        collate([(torch.zeros(3), 0), (torch.zeros(3), 1), (torch.zeros(3), [1, 2])], [20, 21, 22], "val")
+
+
+@pytest.mark.parametrize("readers", [0, 2])
+def test_an_item_that_fails_in_training_is_named_with_its_split_index_and_place(readers):
+    """Met by the loader (its reader processes too), not at start: the error
+    travels back as data and is raised in the rank with its message whole."""
+    from dist_train.errors import DistTrainError
+    from tests.helpers import build_trainer
+
+    cfg = load_config(None, [*CUSTOM, f"data.class_path={DATA}:failing_item", "data.normalize=none",
+                             f"data.loader_workers={readers}", "train.global_batch_size=4", "wandb.mode=disabled"])
+    trainer = build_trainer(cfg, DistEnv())
+    with pytest.raises(DistTrainError) as info:
+        trainer.fit()
+    assert "reading the train split's item 5 failed: FileNotFoundError: sample-5.png (at tests/user_project/" \
+           "data.py:" in str(info.value) and "in __getitem__)" in str(info.value)

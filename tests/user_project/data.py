@@ -64,3 +64,32 @@ def bad_items():
         def __getitem__(self, i):
             return {"x": torch.zeros(3), "y": 1}
     return Items(), Items(), Items()
+
+
+def failing_item(bad: int = 5, split: str = "train"):
+    """Items that read fine but one: `bad` of `split` raises (a file that is not there)."""
+    class Items(Dataset):
+        num_classes = 2  # no pass over the targets at start: the bad item is met by the loader
+
+        def __init__(self, name):
+            self.name = name
+
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            if self.name == split and i == bad:
+                raise FileNotFoundError(f"sample-{i}.png")
+            return torch.full((3,), float(i)), i % 2
+    return Items("train"), Items("val"), Items("test")
+
+
+def ragged_item(bad: int = 7):
+    """Item `bad` of the training split has 4 features, the others 3."""
+    class Items(Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            return torch.zeros(4 if i == bad else 3), i % 2
+    return Items(), Items(), Items()

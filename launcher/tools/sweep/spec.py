@@ -1,7 +1,7 @@
 """The sweep file: a base run config, the search space and how to search it.
 
     name: digits-mlp              # W&B group of every trial (default: the file's name)
-    base: quickstart.yaml         # a run config, relative to this file; or the config inline
+    base: configs/quickstart.yaml # a run config (relative: from the current directory); or the config inline
     overrides: [train.epochs=20]  # applied to the base, as on the command line
     method: random                # random | grid | tpe (optuna)
     seed: 0
@@ -20,6 +20,7 @@ config otherwise (train.epochs=2)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -28,7 +29,7 @@ import yaml
 
 from dist_train.monitor import metric_mode
 from dist_train.config import Config, build_section, config_from_dict, load_config, read_yaml_mapping, Monitored
-from dist_train.errors import ConfigError, DistTrainError
+from dist_train.errors import ConfigError, DistTrainError, taken_from
 from launcher.tools.sweep.space import Param, parse_space
 
 
@@ -137,10 +138,12 @@ def _load_base(path: Path, base: Any, overrides: list[str]) -> Config:
         return config_from_dict(base, overrides)
     if not isinstance(base, str) or not base:
         raise ConfigError("base", f"must be a run config's path or the config itself, got {base!r}")
-    base_path = path.parent / base
+    base_path = Path(base)  # relative: from the current directory, as every path in a config
     if not base_path.is_file():
-        raise ConfigError("base", f"{base!r} is not a file (looked for {base_path}, relative to the sweep file)",
-                          "a run config next to the sweep file, e.g. base: quickstart.yaml")
+        beside = path.parent / base
+        hint = (f"the sweep file's directory has one: write base: {os.path.relpath(beside)}" if beside.is_file()
+                else "a run config, e.g. base: configs/quickstart.yaml")
+        raise ConfigError("base", f"{base!r} is not a file{taken_from(base)}", hint)
     return load_config(base_path, overrides)
 
 
