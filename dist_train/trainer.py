@@ -141,7 +141,8 @@ class Trainer:
             tracker.log("start", world_size=self.env.world_size, global_batch_size=self.resolved.global_batch_size,
                         per_rank_batch_size=self.resolved.per_rank_batch_size, strategy=self.resolved.strategy,
                         precision=t.precision, train_samples=self.data.train_size,
-                        steps_per_epoch=self.data.train.steps_per_epoch)
+                        steps_per_epoch=self.data.train.steps_per_epoch,
+                        normalize=self.data.input_spec.normalize)  # the mode data.normalize resolved to
         early_stopped = False
         while s.epoch < t.epochs:
             start = time.perf_counter()

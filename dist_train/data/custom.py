@@ -116,7 +116,7 @@ class CustomData:
         self.stats = _statistics(self.train_set, self.input_shape) if cfg.normalize != "none" else {}
         self.normalize = Normalizer(self.stats, self.input_shape, cfg.normalize, env.device)
         self.input_spec = InputSpec(self.input_shape, str(self.input_dtype).removeprefix("torch."),
-                                    self.normalize.preprocess, cfg.normalize, _class_names(self.train_set),
+                                    self.normalize.preprocess, self.normalize.mode, _class_names(self.train_set),
                                     {"name": "custom"})
         plan = ShardedBatchPlan(self.train_size, global_batch_size, env.world_size, env.rank, seed,
                                 grad_accum_steps, cfg.drop_last)
