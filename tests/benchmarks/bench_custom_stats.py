@@ -196,9 +196,9 @@ def main() -> int:
     root.mkdir()
     started = time.perf_counter()
     write_data(root, args.items)
+    short = subprocess.run(["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=REPO).stdout
     print(f"{args.items:,} training items as PNG bytes in {time.perf_counter() - started:.1f} s; before = "
-          f"{subprocess.run(['git', 'rev-parse', '--short', rev], capture_output=True, text=True, cwd=REPO).stdout.strip()}",
-          flush=True)
+          f"{short.strip()}", flush=True)
     items = PngItems(str(root), "val")
     items[0]  # its imports (torch, Pillow) are not the item's cost
     started = time.perf_counter()

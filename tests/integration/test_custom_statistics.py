@@ -55,8 +55,8 @@ def scan(env, images, workers, comm=None):
 @pytest.mark.parametrize("images", [False, True])
 def test_statistics_are_the_same_bits_on_any_number_of_workers_and_each_item_is_read_once(images):
     data = Decoded(images)
-    before = streamed_stats((np.stack([np.frombuffer(r, dtype=data.dtype).reshape(data.shape) for r in data.raw[lo:lo + 8]])
-                             for lo in range(0, N, 8)), data.shape)  # the single-process pass every rank made before
+    inputs = np.stack([np.frombuffer(raw, dtype=data.dtype).reshape(data.shape) for raw in data.raw])
+    before = streamed_stats((inputs[lo:lo + 8] for lo in range(0, N, 8)), data.shape)  # the pass every rank made
     alone = scan(None, images, 0, comm=Comm())
     assert alone["stats"] == before and alone["largest"] == 4 and alone["reads"] == N
     for world_size, workers in ((2, 1), (3, 0)):

@@ -54,7 +54,8 @@ def test_a_table_with_columns_of_their_own_scales_trains_well_with_the_defaults(
     mode, test, weights = quickstart(tmp_path / "auto", *table)
     assert mode == "per_feature"
     assert test["test_r2"] > 0.95, test
-    explicit, explicit_test, explicit_weights = quickstart(tmp_path / "per_feature", *table, "data.normalize=per_feature")
+    explicit, explicit_test, explicit_weights = quickstart(tmp_path / "explicit", *table,
+                                                           "data.normalize=per_feature")
     assert explicit == "per_feature" and explicit_test == test  # the same run, bit for bit
     assert all(torch.equal(weights[k], explicit_weights[k]) for k in weights)
     # what the default did before: one mean and std over all columns loses the small one
@@ -118,5 +119,6 @@ def test_a_checkpoint_of_another_mode_than_auto_gives_is_refused_and_nothing_cha
             and f"the checkpoint's run normalized them '{saved_with}'" in str(refused.value)
             and f"Set data.normalize={saved_with} to go on with it" in str(refused.value)), refused.value
     assert files(run_dir) == before
-    assert run(job(run_dir, source, "train.epochs=2", f"data.normalize={saved_with}"), DistEnv()) == 0  # as the hint says
+    # as the hint says
+    assert run(job(run_dir, source, "train.epochs=2", f"data.normalize={saved_with}"), DistEnv()) == 0
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["event"] == "checkpoint"
