@@ -92,8 +92,11 @@ class DataConfig:
     test_fraction: float = fixed(0.15, ANOTHER_SPLIT)
     split_seed: int = fixed(0, ANOTHER_SPLIT)
     # inputs minus the training split's mean, over its standard deviation:
-    # one pair per channel (images) or per feature, or none
-    normalize: Literal["per_channel", "per_feature", "none"] = fixed("per_channel", "inputs normalized differently")
+    # one pair per channel (images) or per feature, or none; auto: per_feature
+    # for flat inputs (F,), per_channel for (C, H, W) and any other of 2+ axes.
+    # On a resume, auto and the mode it resolves to are the same setting
+    # (dist_train.resume_changes)
+    normalize: Literal["auto", "per_channel", "per_feature", "none"] = fixed("auto", "inputs normalized differently")
     # Keep the last, smaller global batch of an epoch (every sample seen once per
     # epoch) or drop it (every step has the full global batch).
     drop_last: bool = changeable(False)

@@ -26,11 +26,14 @@ class ConfigError(DistTrainError):
     """A config key, type or value that is not allowed."""
 
     def __init__(self, key: str, message: str, hint: str | None = None) -> None:
-        self.key = key
+        self.key, self.message, self.hint = key, message, hint
         text = f"config key '{key}': {message}"
         if hint:
             text += f" (hint: {hint})"
         super().__init__(text)
+
+    def __reduce__(self) -> tuple:  # whole across processes (a DataLoader reader's error travels pickled)
+        return type(self), (self.key, self.message, self.hint)
 
 
 #: problems named in one message before the rest are only counted

@@ -29,6 +29,7 @@ from dist_train.config import ModelConfig, to_dict
 from dist_train.data.normalization import Preprocess
 from dist_train.data.sources import InputSpec
 from dist_train.errors import DistTrainError
+from dist_train.resume_changes import check_normalize
 from dist_train.tasks import Task
 
 FORMAT = "dist-train-predictor/1"
@@ -107,7 +108,9 @@ class PredictorSpec:
         return self.inputs.class_names
 
     # a checkpoint part (predictor.pt): written with every checkpoint, never
-    # read back into a run (it is rebuilt from the data at every start)
+    # read back into a run (it is rebuilt from the data at every start); on a
+    # resume its record of the normalization the run used is compared with
+    # the one this run resolved (data.normalize: auto is decided by the data)
     def state_dict(self) -> dict[str, Any]:
         p = self.inputs.preprocess
         return {"format": FORMAT, "recipe": self.recipe, "task": self.task.value, "num_outputs": self.num_outputs,
@@ -118,7 +121,9 @@ class PredictorSpec:
                            "source": self.inputs.source}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        recorded = (state.get("inputs") or {}).get("normalize") if isinstance(state, dict) else None
+        if recorded is not None:
+            check_normalize(recorded, self.inputs.normalize)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], where: str) -> "PredictorSpec":

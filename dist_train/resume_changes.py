@@ -13,6 +13,16 @@ key falls in one of three kinds:
   W&B).
 - `ignored`: the value only matters when a run starts (initialization); it
   is reported as having no effect.
+
+`data.normalize: auto` means the mode the data's shape gives (per_feature or
+per_channel), which only the data knows (a custom dataset's shape is known
+once it is read; data given to the Python API is not the config's). So
+`auto` against per_channel or per_feature is no change here when the
+checkpoint records the mode its run used (predictor.pt, in every checkpoint
+since the model bundle): the run compares that record with the mode it
+resolved when it loads the checkpoint (`check_normalize`), on every rank
+before the run directory changes, and refuses another. A checkpoint without
+that record keeps the field's rule: refused, put the setting back.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dist_train.config import default_value, resume_rule
+from dist_train.data.normalization import AUTO
 from dist_train.errors import DistTrainError
 
 NOT_COMPARED = {"run.resume", "run.dir"}
@@ -89,13 +100,15 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def compare(stored: dict[str, Any], new: dict[str, Any], stored_strategy: str, new_strategy: str,
-            unused: set[str] | frozenset[str] = frozenset()) -> ResumeChanges:
+            unused: set[str] | frozenset[str] = frozenset(), mode_recorded: bool = False) -> ResumeChanges:
     """Changes from the `stored` config (plain dicts, as `config.to_dict` gives)
     to `new`. `*_strategy` are the resolved strategies (single/ddp/deepspeed):
     ddp and single share a state layout, deepspeed has its own. `unused`: the
     keys the new config's options never read (`config.unused_keys`), whatever
     their value: not compared (config.yaml leaves them out, so a run started
-    again from it has them at their defaults)."""
+    again from it has them at their defaults). `mode_recorded`: the checkpoint
+    records the normalization its run used (predictor.pt), so `auto` against a
+    named mode is left to `check_normalize` when it loads."""
     old_flat, new_flat = flatten(stored), flatten(new)
     changes = []
     for key in sorted(set(old_flat) | set(new_flat)):
@@ -104,6 +117,8 @@ def compare(stored: dict[str, Any], new: dict[str, Any], stored_strategy: str, n
         old, value = old_flat.get(key), new_flat.get(key)
         if _same(old, value) or (key not in old_flat and _is_default(key, value)):
             continue  # unchanged, or a key the stored (older) config did not have, at its default
+        if key == "data.normalize" and mode_recorded and _may_resolve_alike(old, value):
+            continue  # what auto means for these inputs is known once the data is: compared on load
         changes.append(_classify(key, old, value, old_flat, new_flat))
     layouts = ("deepspeed", "fsdp")  # each keeps its state its own way; single and ddp share one
     if any((stored_strategy == s) != (new_strategy == s) for s in layouts):
@@ -130,6 +145,11 @@ def _classify(key: str, old: Any, new: Any, old_flat: dict, new_flat: dict) -> C
     return Change(key, old, new, kind, why)
 
 
+def _may_resolve_alike(a: Any, b: Any) -> bool:
+    """`auto` against a mode it can resolve to (never `none`)."""
+    return AUTO in (a, b) and {a, b} - {AUTO} <= {"per_channel", "per_feature"}
+
+
 def _is_default(key: str, value: Any) -> bool:
     try:
         return _same(default_value(key), value)
@@ -146,3 +166,16 @@ def _same(a: Any, b: Any) -> bool:
 def _short(value: Any) -> str:
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_normalize(recorded: str, used: str) -> None:
+    """On loading a checkpoint: `recorded`, the normalization mode its run
+    used (predictor.pt), against `used`, the one this run resolved
+    `data.normalize` to. Every rank loads the same record and resolves the
+    same mode from the same data, so every rank raises this together."""
+    if recorded != used:
+        raise DistTrainError(
+            f"cannot resume from this checkpoint with this config: data.normalize gives {used!r} for these inputs "
+            f"(auto is per_feature for flat inputs, per_channel for images), but the checkpoint's run normalized them "
+            f"{recorded!r} (inputs normalized differently). Set data.normalize={recorded} to go on with it, or pass "
+            f"--fresh to start over (the earlier run is kept, renamed), or set a new run.dir")

@@ -83,7 +83,8 @@ def plan_start(cfg: Config, resolved: Resolved, warn: Any = None) -> StartPlan:
         return StartPlan()
     stored = stored_settings(info)
     _check_world_size(info, stored, resolved)
-    changes = compare(stored["config"], to_dict(cfg), stored["strategy"], resolved.strategy, unused_keys(cfg))
+    changes = compare(stored["config"], to_dict(cfg), stored["strategy"], resolved.strategy, unused_keys(cfg),
+                      mode_recorded="predictor.pt" in (info.manifest.get("files") or {}))
     changes.raise_if_refused(str(run_dir), str(info.path))
     finished = bool(info.manifest.get("finished")) and not _asks_for_more(cfg, info)
     return StartPlan(info, changes, finished, stored["metrics_lines"], stored["wandb_run_id"])

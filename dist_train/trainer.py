@@ -147,6 +147,7 @@ class Trainer:
                         per_rank_batch_size=self.resolved.per_rank_batch_size, strategy=self.resolved.strategy,
                         precision=t.precision, train_samples=self.data.train_size,
                         steps_per_epoch=self.data.train.steps_per_epoch,
+                        normalize=self.data.input_spec.normalize,  # the mode data.normalize resolved to
                         **({"sync_batchnorm_layers": synced} if synced is not None else {}))
             if synced == 0 and self.env.is_rank0:
                 mlp = "" if self.cfg.model.class_path else " (the built-in mlp has them with model.batch_norm=true)"

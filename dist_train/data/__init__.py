@@ -72,7 +72,8 @@ def build_data(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None 
         from dist_train.data.custom import CustomData, check_splits, make_splits
 
         splits = check_splits(splits, "the data given") if splits is not None else make_splits(d)
-        custom = CustomData(splits, d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed)
+        custom = CustomData(splits, d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed,
+                            comm or Comm.of(env))
         if d.cache == "none":
             return custom
         in_memory = custom.read_whole()

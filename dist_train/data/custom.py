@@ -16,31 +16,46 @@ Targets decide the task: integer class indices (classification; the number of
 classes is the dataset's `num_classes` or `len(classes)` attribute, else the
 largest training target + 1) or floating-point values (regression, one per
 sample or a vector). Inputs are normalized with the training split's
-statistics (one pass over it at start, on every rank) unless
-`data.normalize: none`."""
+statistics unless `data.normalize: none`.
+
+Those statistics (and the largest class index, when the dataset does not say
+how many classes it has) come from one pass over the training split shared by
+the ranks: the split is cut into chunks of STATS_CHUNK items, rank r reads
+chunks r, r + N, r + 2N, ... and the chunks' float64 sums are all-reduced
+(each chunk's row is filled by one rank, zeros elsewhere: exact) and added in
+chunk order. The chunks and that order do not depend on the number of
+workers, so N workers get the very bits one process gets, and the job reads
+the split once, not once per rank."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dist_train.comm import Comm
 from dist_train.config import DataConfig
-from dist_train.data.loader import Batch, PlannedLoader, TrainStep, device_feed, reader_context, start_readers
-from dist_train.data.normalization import Normalizer, Stats, streamed_stats
+from dist_train.data.loader import (Batch, PlannedLoader, TrainStep, device_feed, reader_context, start_readers,
+                                    stop_readers)
+from dist_train.data.normalization import Normalizer, Stats, Sums, chunk_sums, fold_sums, stats_of_sums
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
 from dist_train.data.sources import InputSpec
 from dist_train.env import DistEnv
-from dist_train.errors import ConfigError, DistTrainError
+from dist_train.errors import ConfigError
 from dist_train.stop_request import ignore_stop_signals
 from dist_train.tasks import Task
 from dist_train.user_code import call_with, failure, resolve_callable
 
 KEY = "data.class_path"
 SPLIT_NAMES = ("train", "val", "test")
+# Items per chunk of the pass over the training split. Fixed, never derived
+# from the number of workers: the chunks' float64 sums, added in chunk order,
+# are then the same bits on any number of workers.
+STATS_CHUNK = 4096
 
 
 def make_splits(cfg: DataConfig) -> tuple[Dataset, Dataset, Dataset]:
@@ -126,9 +141,9 @@ def _items(split: str | None) -> str:
 @dataclass(frozen=True)
 class _Failed:
     """A batch a reader process could not make: the error travels as data and
-    is raised in the rank itself, with its message whole."""
+    is raised in the rank itself, whole."""
 
-    message: str
+    error: ConfigError
 
 
 class _Split(Dataset):
@@ -148,7 +163,7 @@ class _Split(Dataset):
         try:
             return fetch_items(self.dataset, list(indices), self.split)
         except ConfigError as exc:
-            return _Failed(str(exc))
+            return _Failed(exc)
 
 
 def _as_batch(batch: Any) -> Any:
@@ -159,7 +174,7 @@ class CustomData:
     """The user's datasets behind the TrainData interface."""
 
     def __init__(self, splits: tuple[Dataset, Dataset, Dataset], cfg: DataConfig, env: DistEnv,
-                 global_batch_size: int, grad_accum_steps: int, seed: int) -> None:
+                 global_batch_size: int, grad_accum_steps: int, seed: int, comm: Comm | None = None) -> None:
         self.train_set, self.val_set, self.test_set = splits
         self.cfg, self.env = cfg, env
         x, y = fetch_items(self.train_set, [0], "train")
@@ -170,13 +185,16 @@ class CustomData:
             raise ConfigError(KEY, f"dataset targets of dtype {y.dtype} and shape {tuple(y.shape[1:])} are neither class "
                               "indices (an integer per item) nor real values (float)")
         self.task, self.target_shape = task, tuple(y.shape[1:])
-        self.num_classes = _num_classes(self.train_set) if task.classifies else 0
-        self.num_outputs = task.num_outputs(self.num_classes, self.target_shape)
+        declared = _declared_classes(self.train_set) if task.classifies else 0  # None: the targets tell
         self.train_size = len(self.train_set)
-        self.stats = _statistics(self.train_set, self.input_shape) if cfg.normalize != "none" else {}
+        scan = scan_training_split(self.train_set, self.input_shape, comm or Comm.of(env), cfg.loader_workers,
+                                   stats=cfg.normalize != "none", largest_target=declared is None, device=env.device)
+        self.num_classes = declared if declared is not None else scan.largest_target + 1
+        self.num_outputs = task.num_outputs(self.num_classes, self.target_shape)
+        self.stats = scan.stats
         self.normalize = Normalizer(self.stats, self.input_shape, cfg.normalize, env.device)
         self.input_spec = InputSpec(self.input_shape, str(self.input_dtype).removeprefix("torch."),
-                                    self.normalize.preprocess, cfg.normalize, _class_names(self.train_set),
+                                    self.normalize.preprocess, self.normalize.mode, _class_names(self.train_set),
                                     {"name": "custom"})
         plan = ShardedBatchPlan(self.train_size, global_batch_size, env.world_size, env.rank, seed,
                                 grad_accum_steps, cfg.drop_last)
@@ -226,22 +244,25 @@ class CustomLoader(PlannedLoader):
     def _raw_steps(self, epoch: int, start_step: int) -> Iterator[TrainStep]:
         steps = list(self.plan.epoch(epoch, start_step))
         wanted = [idx.tolist() for s in steps for idx in s.micro_indices if len(idx)]
-        fetched = iter(_loader(self.data.train_set, "train", wanted, self.data.cfg.loader_workers, seed=epoch,
-                               pin=self.data.env.device.startswith("cuda")))
-        for s in steps:
-            micro = tuple(Batch(*next(fetched)) if len(idx) else self.data.empty_batch(on_device=False)
-                          for idx in s.micro_indices)
-            yield TrainStep(s.step, micro, s.global_count)
+        fetched = _loader(self.data.train_set, "train", wanted, self.data.cfg.loader_workers, seed=epoch,
+                          pin=self.data.env.device.startswith("cuda"))
+        try:
+            for s in steps:
+                micro = tuple(Batch(*next(fetched)) if len(idx) else self.data.empty_batch(on_device=False)
+                              for idx in s.micro_indices)
+                yield TrainStep(s.step, micro, s.global_count)
+        finally:  # a stop or an error mid-epoch: the readers end with it
+            fetched.close()
 
 
 def _loader(dataset: Dataset, split: str, batches: list[list[int]], workers: int, seed: int,
-            pin: bool = False) -> Iterator:
+            pin: bool = False) -> Generator:
     """Each list of indices fetched as one batch, in order, by `workers`
     DataLoader processes (0: here). A generator of its own: a DataLoader
     otherwise draws its base seed from the global RNG, which would shift
     dropout masks (and break exact resume). A bad item is raised here, named."""
     if not batches:
-        return iter(())
+        return _raising(iter(()))
     loader = DataLoader(_Split(dataset, split), batch_sampler=batches, num_workers=workers, collate_fn=_as_batch,
                         prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed),
                         worker_init_fn=ignore_stop_signals if workers else None,
@@ -250,10 +271,13 @@ def _loader(dataset: Dataset, split: str, batches: list[list[int]], workers: int
 
 
 def _raising(batches: Iterator) -> Iterator:
-    for batch in batches:
-        if isinstance(batch, _Failed):
-            raise DistTrainError(batch.message)  # a ConfigError's text: "config key 'data.class_path': ..."
-        yield batch
+    try:
+        for batch in batches:
+            if isinstance(batch, _Failed):
+                raise batch.error
+            yield batch
+    finally:  # an error, or a consumer that stops early (closing this generator)
+        stop_readers(batches)
 
 
 def _class_names(dataset: Dataset) -> tuple[str, ...] | None:
@@ -264,23 +288,76 @@ def _class_names(dataset: Dataset) -> tuple[str, ...] | None:
     return None
 
 
-def _num_classes(dataset: Dataset) -> int:
+def _declared_classes(dataset: Dataset) -> int | None:
+    """The number of classes the dataset says it has (`num_classes`, or
+    `len(classes)`); None: only its targets tell."""
     if isinstance(getattr(dataset, "num_classes", None), int):
         return int(dataset.num_classes)
     classes = getattr(dataset, "classes", None)
     if isinstance(classes, (list, tuple)) and classes:
         return len(classes)
-    largest = -1
-    for start in range(0, len(dataset), 4096):
-        _, y = fetch_items(dataset, list(range(start, min(start + 4096, len(dataset)))), "train")
-        if (y < 0).any():
-            raise ConfigError(KEY, "a class target is negative; class indices run from 0 to (classes - 1)")
-        largest = max(largest, int(y.max()))
-    return largest + 1
+    return None
 
 
-def _statistics(dataset: Dataset, input_shape: tuple[int, ...]) -> Stats:
-    """Per-channel and per-feature mean and std of the training inputs, in one pass of chunks."""
-    chunks = (fetch_items(dataset, list(range(start, min(start + 4096, len(dataset)))), "train")[0].numpy()
-              for start in range(0, len(dataset), 4096))
-    return streamed_stats(chunks, input_shape)
+@dataclass(frozen=True)
+class SplitScan:
+    stats: Stats  # {} when not asked for
+    largest_target: int  # -1 when not asked for
+
+
+def scan_training_split(dataset: Dataset, input_shape: tuple[int, ...], comm: Comm, workers: int, *,
+                        stats: bool, largest_target: bool, device: str = "cpu",
+                        chunk: int = STATS_CHUNK) -> SplitScan:
+    """Collective. The normalization statistics of the training split (`stats`)
+    and its largest class index (`largest_target`), from one pass the ranks
+    share (see the module's docstring): every chunk's float64 sums, added in
+    chunk order on every rank, as one process adds them."""
+    if not (stats or largest_target):
+        return SplitScan({}, -1)
+    chunks = [(lo, min(lo + chunk, len(dataset))) for lo in range(0, len(dataset), chunk)]
+    features = int(np.prod(input_shape, dtype=np.int64)) if stats else 0
+    targets: list[np.ndarray] = []  # each chunk's (smallest, largest) target
+
+    def sums() -> Iterator[Sums]:
+        for (lo, hi), row in zip(chunks, _rows_in_chunk_order(dataset, chunks, comm, workers, features,
+                                                              largest_target, device)):
+            targets.append(row[2 * features:])
+            yield hi - lo, row[:features], row[features:2 * features]
+
+    found = fold_sums(sums())
+    if largest_target and min(t[0] for t in targets) < 0:
+        raise ConfigError(KEY, "a class target is negative; class indices run from 0 to (classes - 1)")
+    return SplitScan(stats_of_sums(found, input_shape) if stats else {},
+                     int(max(t[1] for t in targets)) if largest_target else -1)
+
+
+def _rows_in_chunk_order(dataset: Dataset, chunks: list[tuple[int, int]], comm: Comm, workers: int, features: int,
+                         target_range: bool, device: str) -> Iterator[np.ndarray]:
+    """Collective. Every chunk's row, in chunk order, on every rank: the
+    float64 sums of its `features` inputs and of their squares (chunk_sums),
+    then its smallest and largest target when `target_range`. Rank r reads
+    chunks r, r + N, ... (`workers` DataLoader processes fetch them ahead);
+    each round every rank fills its chunk's row of a (ranks, row) tensor,
+    zeros elsewhere, and one all-reduce gives every rank every row exactly
+    (x + 0 is x). An error reading a chunk is raised on every rank together,
+    before the all-reduce it would otherwise leave the others waiting in."""
+    ranks, rank = comm.world_size, comm.rank
+    fetched = _loader(dataset, "train", [list(range(lo, hi)) for lo, hi in chunks[rank::ranks]], workers, seed=0)
+    try:
+        for first in range(0, len(chunks), ranks):
+            rows = np.zeros((ranks, 2 * features + (2 if target_range else 0)), dtype=np.float64)
+            error = None
+            if first + rank < len(chunks):
+                try:
+                    x, y = next(fetched)
+                    if features:
+                        _, rows[rank, :features], rows[rank, features:2 * features] = chunk_sums(x.numpy())
+                    if target_range:
+                        rows[rank, 2 * features:] = (float(y.min()), float(y.max()))
+                except Exception as exc:  # the user's __getitem__, a bad item: raised below on every rank
+                    error = exc
+            comm.raise_together(error)
+            rows = comm.all_reduce_sum(torch.from_numpy(rows).to(device)).cpu().numpy()
+            yield from rows[:len(chunks) - first]
+    finally:  # readers stopped now, whichever rank failed
+        fetched.close()

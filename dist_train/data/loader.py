@@ -98,6 +98,16 @@ def start_readers(loader: Any) -> Iterator:
         return iter(loader)
 
 
+def stop_readers(readers: Iterator) -> None:
+    """Shut a DataLoader iterator's reader processes down now, as its garbage
+    collection would: one left running by an error (its frame held by the
+    traceback) kept the process from exiting, its queues' threads waiting on
+    readers nobody reads from."""
+    shutdown = getattr(readers, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def device_feed(steps: Iterable[TrainStep], device: str,
                 transform: Callable[[Batch], Batch] | None = None) -> Iterator[TrainStep]:
     """Steps whose batches are on `device`, `transform` applied there (the

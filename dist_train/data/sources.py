@@ -1,7 +1,8 @@
 """In-memory data sources behind one small interface: `build_splits(cfg)` gives
 train/validation/test tensors, the input shape and the number of classes.
 
-Inputs are normalized as `data.normalize` says with the training split's
+Inputs are normalized as `data.normalize` says (`auto`: per feature for the
+tabular sets, per channel for the digits' images) with the training split's
 statistics (never the validation or test split's), by the same code that
 normalizes prepared shards when they are read (normalization.py)."""
 
@@ -30,7 +31,7 @@ class InputSpec:
     shape: tuple[int, ...]
     dtype: str  # of the raw inputs: "uint8", "float32", ...
     preprocess: Preprocess  # on the CPU
-    normalize: str  # data.normalize's mode
+    normalize: str  # the mode data.normalize resolved to for these inputs (never auto)
     class_names: tuple[str, ...] | None = None
     source: dict[str, Any] = field(default_factory=dict)
 
@@ -123,7 +124,7 @@ def split_and_normalize(inputs: np.ndarray, targets: np.ndarray, input_shape: tu
     train_idx, val_idx, test_idx = split_indices(n, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     inputs = inputs.reshape(n, *input_shape)
     normalize = Normalizer(normalization_stats(inputs[train_idx]), input_shape, cfg.normalize, "cpu")
-    spec = InputSpec(tuple(input_shape), str(inputs.dtype), normalize.preprocess, cfg.normalize, class_names,
+    spec = InputSpec(tuple(input_shape), str(inputs.dtype), normalize.preprocess, normalize.mode, class_names,
                      source or {})
     x = normalize(torch.from_numpy(inputs))
     y = torch.from_numpy(targets.astype(task.numpy_dtype))

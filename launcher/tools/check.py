@@ -187,7 +187,8 @@ def init_hints(cfg: Config, diag: InitDiagnostics) -> list[str]:
     """The course's causes that the inputs and the initial network show."""
     hints = []
     if abs(diag.input_mean) > 1.0 or not 0.2 <= diag.input_std <= 3.0:
-        how = ("data.normalize is none: set data.normalize=per_channel (or per_feature)" if cfg.data.normalize == "none"
+        how = ("data.normalize is none: set data.normalize=auto (per_feature for tabular inputs, per_channel for "
+               "images)" if cfg.data.normalize == "none"
                else f"they are far from mean 0, std 1 even with data.normalize={cfg.data.normalize}: check the data")
         hints.append(f"inputs not normalized: mean {diag.input_mean:.3g}, std {diag.input_std:.3g}; {how}")
     for act, frac in sorted(diag.saturated.items()):

@@ -55,6 +55,7 @@ class Items(Dataset):
 
 
 def loader_rates(epochs: int = 3) -> dict[str, float]:
+    from dist_train.comm import Comm
     from dist_train.config import load_config
     from dist_train.data.custom import CustomData
     from dist_train.env import DistEnv
@@ -66,7 +67,7 @@ def loader_rates(epochs: int = 3) -> dict[str, float]:
         splits = (Items(SAMPLES, batched), Items(256, batched), Items(256, batched))
         for workers in (0, 1, 2):
             cfg = load_config(None, ["data.source=custom", "data.class_path=x.y", f"data.loader_workers={workers}"])
-            data = CustomData(splits, cfg.data, env, GLOBAL_BATCH, 1, 0)
+            data = CustomData(splits, cfg.data, env, GLOBAL_BATCH, 1, 0, Comm())  # statistics from the whole split, here
             seen = []
             for epoch in range(epochs + 1):
                 start = time.perf_counter()

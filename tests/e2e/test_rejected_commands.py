@@ -72,6 +72,18 @@ def test_a_refused_resume_change_names_it_and_changes_nothing(unfinished, overri
     assert snapshot(unfinished) == before
 
 
+def test_another_normalization_than_the_checkpoints_is_refused_when_it_loads_and_changes_nothing(unfinished):
+    # the run normalized its flat features per_feature (auto); which mode auto gives is known once the data is,
+    # so the checkpoint's record of it is compared as the checkpoint loads, still before anything is written
+    before = snapshot(unfinished)
+    proc = cli("run", *JOB, f"run.dir={unfinished}", "train.epochs=6", "data.normalize=per_channel")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert ("the checkpoint's run normalized them 'per_feature'" in proc.stderr
+            and "Set data.normalize=per_feature to go on with it" in proc.stderr), proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert snapshot(unfinished) == before
+
+
 def test_a_strategy_with_another_state_layout_is_refused(unfinished):
     pytest.importorskip("deepspeed")
     before = snapshot(unfinished)

@@ -28,6 +28,11 @@ MISTAKES = {
     "a data factory that raises": (
         ["data.source=custom", f"data.class_path={PROJECT}/data.py:raising"],
         "calling raising(**init_args) failed: ValueError: cannot read 10 samples from /nowhere"),
+    # read by DataLoader reader processes in the ranks' shared statistics pass: the process also exits
+    # (a failed reader's loader left running once kept it waiting forever after the message)
+    "an item that fails to read": (
+        ["data.source=custom", f"data.class_path={PROJECT}/data.py:failing_item", "data.loader_workers=2"],
+        "reading the train split's item 5 failed: FileNotFoundError: sample-5.png"),
     "ragged items": (
         ["data.source=custom", f"data.class_path={PROJECT}/data.py:ragged_item"],
         "the train split's item 0 and the train split's item 7 have inputs of different shapes"),

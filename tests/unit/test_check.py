@@ -36,7 +36,7 @@ def test_unnormalized_inputs_fail_the_initial_loss_check_with_the_normalization_
     fail = lines.index(check_line(lines, "initial loss"))
     assert lines[fail].startswith("FAIL")
     hint = lines[fail + 1]
-    assert hint.startswith("      hint: inputs not normalized") and "set data.normalize=per_channel" in hint
+    assert hint.startswith("      hint: inputs not normalized") and "set data.normalize=auto" in hint
     assert not any("learning rate" in text for text in lines)
 
 

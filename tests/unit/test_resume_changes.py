@@ -7,9 +7,9 @@ from dist_train.errors import DistTrainError
 from dist_train.resume_changes import compare
 
 
-def changes(*overrides, old=(), stored_strategy="ddp", new_strategy="ddp"):
+def changes(*overrides, old=(), stored_strategy="ddp", new_strategy="ddp", mode_recorded=False):
     return compare(to_dict(load_config(None, list(old))), to_dict(load_config(None, list(overrides))),
-                   stored_strategy, new_strategy)
+                   stored_strategy, new_strategy, mode_recorded=mode_recorded)
 
 
 @pytest.mark.parametrize("override", ["model.hidden_sizes=[128]", "model.name=cnn", "model.activation=tanh",
@@ -80,3 +80,25 @@ def test_a_key_this_version_no_longer_has_is_reported_as_having_no_effect():
     stored["train"]["retired_option"] = 3
     found = compare(stored, to_dict(load_config(None)), "ddp", "ddp")
     assert [(c.key, c.kind) for c in found.changes] == [("train.retired_option", "ignored")]
+
+
+@pytest.mark.parametrize("named", ["per_channel", "per_feature"])
+def test_auto_against_a_named_mode_is_left_to_the_checkpoints_record_of_the_mode_its_run_used(named):
+    # a checkpoint saved before auto (its config says per_channel), resumed by today's default
+    assert not changes(old=[f"data.normalize={named}"], mode_recorded=True).changes
+    assert not changes(f"data.normalize={named}", mode_recorded=True).changes  # and back
+    # a checkpoint without that record (before predictor.pt): the field's rule, refused
+    assert [c.key for c in changes(old=[f"data.normalize={named}"]).refused] == ["data.normalize"]
+    # auto never gives none: refused either way
+    assert [c.key for c in changes("data.normalize=none", mode_recorded=True).refused] == ["data.normalize"]
+    assert [c.key for c in changes(old=["data.normalize=none"], mode_recorded=True).refused] == ["data.normalize"]
+
+
+def test_loading_a_checkpoint_of_another_mode_is_refused_with_the_setting_to_go_on():
+    from dist_train.resume_changes import check_normalize
+
+    check_normalize("per_channel", "per_channel")
+    with pytest.raises(DistTrainError, match=r"data.normalize gives 'per_feature' for these inputs .* the checkpoint's "
+                                             r"run normalized them 'per_channel' .* Set data.normalize=per_channel to go "
+                                             r"on with it, or pass --fresh"):
+        check_normalize("per_channel", "per_feature")
