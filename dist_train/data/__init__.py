@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,36 +56,55 @@ def build_data(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm | None 
     """The data this rank trains and evaluates on; `comm`: how ranks agree on
     a broken data set (default: the job's); `splits`: the train, validation
     and test datasets of a custom source, when the caller has them already
-    (the Python API)."""
+    (the Python API). Each source opens its data (OPENERS); what it gives as
+    in-memory splits is placed where data.cache says, the same for all."""
     d = cfg.data
-    if d.source == "shards" and d.cache == "none":
-        from dist_train.data.stream import ShardData
-
-        return ShardData(d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed, comm)
-    if d.source == "shards":
-        from dist_train.data.cache import shard_splits
-        from dist_train.data.normalization import Normalizer
-        from dist_train.data.stream import open_manifest
-
-        manifest = open_manifest(d.path, comm or Comm.of(env), verify=d.verify)
-        in_memory = shard_splits(manifest, Normalizer(manifest.normalization, manifest.input_shape, d.normalize, "cpu"))
-    elif d.source == "custom" or splits is not None:
-        from dist_train.data.custom import CustomData, check_splits, make_splits
-
-        splits = check_splits(splits, "the data given") if splits is not None else make_splits(d)
-        custom = CustomData(splits, d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed,
-                            comm or Comm.of(env))
-        if d.cache == "none":
-            return custom
-        in_memory = custom.read_whole()
-    else:
-        in_memory = build_splits(d)
+    opened = OPENERS.get("custom" if splits is not None else d.source, _builtin)(cfg, env, resolved,
+                                                                                 comm or Comm.of(env), splits)
+    if not isinstance(opened, Splits):
+        return opened  # streamed by the source's own loader (data.cache: none)
     if d.cache != "none":
         from dist_train.data.cache import place
 
-        in_memory = place(in_memory, d.cache, env)
-    return InMemoryData(in_memory, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed,
+        opened = place(opened, d.cache, env)
+    return InMemoryData(opened, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed,
                         d.drop_last, on_host=d.cache == "host")
+
+
+def _shards(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm, splits: Any) -> TrainData | Splits:
+    """Prepared shards: streamed, or read whole and normalized for a cache."""
+    d = cfg.data
+    if d.cache == "none":
+        from dist_train.data.stream import ShardData
+
+        return ShardData(d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed, comm)
+    from dist_train.data.cache import shard_splits
+    from dist_train.data.normalization import Normalizer
+    from dist_train.data.stream import open_manifest
+
+    manifest = open_manifest(d.path, comm, verify=d.verify)
+    return shard_splits(manifest, Normalizer(manifest.normalization, manifest.input_shape, d.normalize, "cpu"))
+
+
+def _custom(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm, splits: Any) -> TrainData | Splits:
+    """The user's datasets (data.class_path, or given to the Python API):
+    fetched item by item, or read whole for a cache."""
+    from dist_train.data.custom import CustomData, check_splits, make_splits
+
+    d = cfg.data
+    splits = check_splits(splits, "the data given") if splits is not None else make_splits(d)
+    custom = CustomData(splits, d, env, resolved.global_batch_size, resolved.grad_accum_steps, cfg.train.seed, comm)
+    return custom if d.cache == "none" else custom.read_whole()
+
+
+def _builtin(cfg: Config, env: DistEnv, resolved: Resolved, comm: Comm, splits: Any) -> TrainData | Splits:
+    """A built-in or prepared-file source, held in memory."""
+    return build_splits(cfg.data)
+
+
+#: how each source opens its data; every other source is read whole (_builtin)
+OPENERS: dict[str, Callable[[Config, DistEnv, Resolved, Comm, Any], TrainData | Splits]] = {
+    "shards": _shards, "custom": _custom}
 
 __all__ = ["Batch", "InMemoryData", "InMemoryLoader", "ShardedBatchPlan", "Splits", "build_data", "build_splits", "check_data",
            "DataFacts", "eval_shard", "TrainData", "TrainStep"]
