@@ -39,8 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dist_train.comm import Comm
 from dist_train.config import DataConfig
-from dist_train.data.loader import (Batch, PlannedLoader, TrainStep, device_feed, reader_context, start_readers,
-                                    stop_readers)
+from dist_train.data.loader import Batch, PlannedLoader, TrainStep, device_feed, reader_context, start_readers
 from dist_train.data.normalization import Normalizer, Stats, Sums, chunk_sums, fold_sums, stats_of_sums
 from dist_train.data.sampler import ShardedBatchPlan, even_slices
 from dist_train.data.sources import InputSpec
@@ -276,8 +275,10 @@ def _raising(batches: Iterator) -> Iterator:
             if isinstance(batch, _Failed):
                 raise batch.error
             yield batch
-    finally:  # an error, or a consumer that stops early (closing this generator)
-        stop_readers(batches)
+    finally:  # an error, or a consumer that stops early: the readers end now (start_readers)
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def _class_names(dataset: Dataset) -> tuple[str, ...] | None:

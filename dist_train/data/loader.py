@@ -89,23 +89,26 @@ def reader_context() -> Any:
 def start_readers(loader: Any) -> Iterator:
     """The iterator of a DataLoader, its reader processes started with the stop
     signals held (dist_train.stop_request.stop_signals_held): a SIGTERM that
-    arrives as they fork is the rank's, never a reader's death."""
+    arrives as they fork is the rank's, never a reader's death. The readers
+    are shut down as soon as the iterator ends, fails or is closed, not when
+    it is garbage collected: one left running by an error (its frame held by
+    the traceback) kept the process from exiting after its message."""
     from dist_train.stop_request import stop_signals_held
 
     if not getattr(loader, "num_workers", 0):
         return iter(loader)
     with stop_signals_held():
-        return iter(loader)
+        readers = iter(loader)
+    return _shut_down_when_done(readers)
 
 
-def stop_readers(readers: Iterator) -> None:
-    """Shut a DataLoader iterator's reader processes down now, as its garbage
-    collection would: one left running by an error (its frame held by the
-    traceback) kept the process from exiting, its queues' threads waiting on
-    readers nobody reads from."""
-    shutdown = getattr(readers, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
+def _shut_down_when_done(readers: Iterator) -> Iterator:
+    try:
+        yield from readers
+    finally:
+        shutdown = getattr(readers, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def device_feed(steps: Iterable[TrainStep], device: str,
