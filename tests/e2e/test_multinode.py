@@ -159,8 +159,9 @@ def test_a_link_that_comes_back_is_survived_by_a_restart_that_resumes_exactly(no
     procs = nodes(tmp_path / "run", "dist.hang_timeout_s=5", restarts=1)
     wait_for_step(tmp_path / "run", 30, procs)
     subprocess.run(["bash", SCRIPT, "link", "2", "down"], check=True, timeout=30)
-    deadline = time.monotonic() + 60
-    while not (f"rank 1 on {HOST[2]}" in output(tmp_path, 1) and "cannot reach the job's store" in output(tmp_path, 2)):
+    # node 2 finds the store cut by its watchdog or, on a loaded machine, by its collective's timeout (60 s)
+    deadline = time.monotonic() + 120
+    while not (f"rank 1 on {HOST[2]}" in output(tmp_path, 1) and "the job's store" in output(tmp_path, 2)):
         assert time.monotonic() < deadline, output(tmp_path, 1) + output(tmp_path, 2)
         time.sleep(0.2)
     subprocess.run(["bash", SCRIPT, "link", "2", "up"], check=True, timeout=30)

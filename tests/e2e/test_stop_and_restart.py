@@ -132,8 +132,17 @@ def test_a_second_launch_on_a_run_directory_in_use_is_refused_and_the_first_ends
     args = job("memory", shards, tmp_path / "run", *LONG)
     first = launch(args)
     wait_for_step(tmp_path / "run", 5, first)
+    # the first job paused (alive, holding its lock) while the second starts: on a loaded machine it could
+    # otherwise finish its 140 steps before the second one looks
+    paused = [first.pid, *descendants(first.pid)]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
     start = time.monotonic()
-    code, out = finish(launch(args), timeout=60)
+    try:
+        code, out = finish(launch(args), timeout=60)
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
     assert time.monotonic() - start < 15
     assert code == 2, out
     assert re.search(rf"run directory {tmp_path / 'run'} is in use by dist-train launch \(pid {first.pid} on "
