@@ -161,6 +161,7 @@ def test_without_the_check_a_lone_collective_aborts_its_rank_with_its_stack(tmp_
     assert_nothing_left(job)
 
 
+@pytest.mark.xdist_group("stall-script")  # one uninterrupted run of the script for both
 def test_an_evaluation_one_rank_skips_is_named_as_diverged(tmp_path, uninterrupted):
     once, run_dir = tmp_path / "once", tmp_path / "run"
     args = [SCRIPT, "skip_eval", once, *QUICK[1:], f"run.dir={run_dir}"]
@@ -176,6 +177,7 @@ def test_an_evaluation_one_rank_skips_is_named_as_diverged(tmp_path, uninterrupt
     assert_same_weights(weights(run_dir), uninterrupted("script", [SCRIPT, "none", "-", *QUICK[1:]]))
 
 
+@pytest.mark.xdist_group("stall-script")  # one uninterrupted run of the script for both
 def test_a_checkpoint_write_that_stalls_on_one_rank_is_named_and_the_last_checkpoint_kept(tmp_path, uninterrupted):
     once, run_dir = tmp_path / "once", tmp_path / "run"
     args = [SCRIPT, "slow_save", once, *QUICK[1:], f"run.dir={run_dir}"]
@@ -192,8 +194,7 @@ def test_a_checkpoint_write_that_stalls_on_one_rank_is_named_and_the_last_checkp
     assert_same_weights(weights(run_dir), uninterrupted("script", [SCRIPT, "none", "-", *QUICK[1:]]))
 
 
-def test_the_start_up_and_training_timeouts_are_each_honoured(tmp_path):
-    # start-up: a node waits dist.start_timeout_s for the others to meet
+def test_a_node_waits_the_start_up_timeout_for_the_others_to_meet(tmp_path):
     start = time.monotonic()
     code, out = Job(["configs/quickstart.yaml", "dist.start_timeout_s=4", f"run.dir={tmp_path / 'alone'}"],
                     launch=("launch", "--nproc-per-node", "1", "--nnodes", "2", "--rdzv-endpoint",
@@ -202,12 +203,18 @@ def test_the_start_up_and_training_timeouts_are_each_honoured(tmp_path):
     said = out.strip().splitlines()
     assert len(said) == 2 and "meeting the other nodes of 2" in said[0], out
     assert "did not all meet" in said[1] and "dist.start_timeout_s=4s" in said[1]
-    # start-up collectives wait dist.start_timeout_s: rank 1 starts 6 s late, longer than dist.timeout_s
+
+
+def test_start_up_collectives_wait_the_start_up_timeout_not_the_training_one(tmp_path):
+    # rank 1 starts 6 s late, longer than dist.timeout_s
     slow = [*QUICK, *FAULTY, "model.init_args={init_sleep: 6}", "dist.timeout_s=4", "dist.hang_timeout_s=0",
             "dist.start_timeout_s=60", "train.epochs=1", f"run.dir={tmp_path / 'slow'}"]
     code, out = Job(slow).finish()
     assert code == 0, out
-    # training collectives wait dist.timeout_s (the watchdog off: nothing reports sooner)
+
+
+def test_training_collectives_wait_the_training_timeout(tmp_path):
+    # the watchdog off: nothing reports sooner
     once = tmp_path / "once"
     job = Job([*QUICK, *FAULTY, f"model.init_args={{once: {once}}}", "dist.timeout_s=4", "dist.hang_timeout_s=0",
                f"run.dir={tmp_path / 'timeout'}"])
