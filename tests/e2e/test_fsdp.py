@@ -42,7 +42,7 @@ def test_kill_9_during_a_dcp_save_keeps_the_newest_complete_checkpoint_and_the_j
     run_dir = tmp_path / "run"
     # a wide network: each save writes about 10 MB of shards, long enough to be caught in the middle of one
     args = [*JOB, "model.hidden_sizes=[1024,1024]", "checkpoint.every_steps=2", "train.epochs=4", f"run.dir={run_dir}"]
-    for attempt in range(3):  # a save that completes between the look and the kill is no catch: again, resumed
+    for _ in range(3):  # a save that completes between the look and the kill is no catch: again, resumed
         job = Job(args)
         caught = None
         deadline = time.monotonic() + 120
