@@ -28,12 +28,15 @@ def cli(*args, timeout=120):
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file and directory under `root` and beside it (the lock), with the files' SHA-256."""
+    """Every file and directory under `root` and beside it (the lock), with the files' SHA-256. A symbolic
+    link is recorded by where it points: W&B links each run's debug-core.log to a file in its own cache,
+    named by the second its core started, which another run started in that second writes to as well."""
     found = {}
     for path in sorted(root.parent.rglob("*")):
         if path == root or root in path.parents or path.name.startswith(f".{root.name}"):
-            found[str(path.relative_to(root.parent))] = (hashlib.sha256(path.read_bytes()).hexdigest()
-                                                         if path.is_file() else "dir")
+            found[str(path.relative_to(root.parent))] = (
+                f"-> {os.readlink(path)}" if path.is_symlink()
+                else hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir")
     return found
 
 
