@@ -51,6 +51,10 @@ FLOOR_S = 30.0
 COMPILE_FLOOR_S = 300.0
 STALL_KEY = "stall"
 LOOK_AT_STORE_AFTER_S = 2.0  # a rank idle this long checks whether another rank has announced a stall
+# A look at the store waits this long at most: a request on a connection whose
+# other end went silent (a cut link, a stopped host) blocks in torch's TCPStore
+# client for ever, whatever its timeout (measured), so the look runs on a thread
+LOOK_WAIT_S = 7.0
 
 
 #: called with the exit status just before a stall ends the process (which
@@ -93,6 +97,8 @@ class Watchdog(NoWatchdog):
         self.step = 0  # global step the loop is in (set by the trainer)
         self.phase = "starting"  # what the loop is doing: starting, training, evaluating <split>, checkpoint, ...
         self._stop = threading.Event()
+        self._store_client: Any = None  # kept between looks at the store
+        self._looking: threading.Thread | None = None
         self._thread = threading.Thread(target=self._watch, name="dist-train-watchdog", daemon=True)
         if self.explicit != 0:
             self._thread.start()
@@ -132,22 +138,40 @@ class Watchdog(NoWatchdog):
     # ------------------------------------------------------------ the watching thread
 
     def _watch(self) -> None:
-        client = None
         while not self._stop.wait(min(1.0, max(0.05, self.bound()[0] / 10))):
             idle = time.monotonic() - self.last
             bound, _ = self.bound()
             announced = None
             if self.peers is not None and idle > LOOK_AT_STORE_AFTER_S:
-                try:
-                    client = client or self.peers._client(3.0)
-                    announced = self.peers.announced(STALL_KEY, client)
-                except Exception:  # the store cannot be reached now: only this rank's own bound counts
-                    client = None
+                announced = self._look_at_store()
             if self._stop.is_set():
                 return
             if idle > bound or announced is not None:
                 self.fire(idle, announced_by=announced)
                 return
+
+    def _look_at_store(self) -> str | None:
+        """The rank that announced a stall in the job's store, or None: none did,
+        or the store cannot be reached (then only this rank's own bound counts).
+        Waits at most LOOK_WAIT_S; while an earlier look still hangs, the store
+        is taken as silent without another."""
+        if self._looking is not None and self._looking.is_alive():
+            return None
+        found: list[str | None] = []
+
+        def look() -> None:
+            try:
+                self._store_client = self._store_client or self.peers._client(3.0)
+                found.append(self.peers.announced(STALL_KEY, self._store_client))
+            except Exception:  # the store's host, or the network to it, is gone
+                self._store_client = None
+
+        self._looking = threading.Thread(target=look, name="dist-train-watchdog-store", daemon=True)
+        self._looking.start()
+        self._looking.join(LOOK_WAIT_S)
+        if self._looking.is_alive():  # stuck on a silent connection: a later look makes a new one
+            self._store_client = None
+        return found[0] if found else None
 
     def fire(self, idle: float | None = None, announced_by: str | None = None,
              error: BaseException | None = None) -> None:

@@ -137,3 +137,50 @@ def test_a_process_that_stalls_writes_its_report_and_summary_and_exits_3(tmp_pat
     saved = json.loads((tmp_path / "hang" / "rank-0.json").read_text())
     assert saved["phase"] == "training" and saved["bound_s"] == 0.5
     assert "time.sleep(60)  # a data read that never returns" in (tmp_path / "hang" / "rank-0.txt").read_text()
+
+
+def test_a_store_that_goes_silent_during_the_looks_at_it_does_not_keep_the_watchdog_quiet(tmp_path):
+    """torch's TCPStore client waits for ever on a connection whose other end went
+    silent (a cut link, a stopped host: here the store's process stopped with
+    SIGSTOP after the watchdog connected); the watchdog's looks at the store are
+    bounded, so it still fires at its own bound."""
+    import signal
+    import threading
+    import time
+
+    from dist_train.distributed import Peers
+    from tests.multiproc import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import datetime, time
+        import torch.distributed as dist
+        store = dist.TCPStore("127.0.0.1", {port}, is_master=True, wait_for_workers=False,
+                              timeout=datetime.timedelta(seconds=60))
+        print("ready", flush=True)
+        time.sleep(300)""")], stdout=subprocess.PIPE, text=True)
+    fired = threading.Event()
+
+    class Recorded(Watchdog):
+        def fire(self, idle=None, announced_by=None, error=None):  # instead of reporting and ending the process
+            fired.set()
+
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        env = DistEnv(rank=1, world_size=2, master_port=port)
+        start = time.monotonic()
+        w = Recorded(DistConfig(hang_timeout_s=3, start_timeout_s=5, timeout_s=60), False, env, tmp_path,
+                     Peers(env, ("a (127.0.0.1)", "b (127.0.0.1)"), "test"))
+        deadline = start + 20
+        while w._store_client is None:  # the watchdog has looked at the store once, and keeps its connection
+            assert time.monotonic() < deadline and not fired.is_set()
+            time.sleep(0.05)
+        os.kill(server.pid, signal.SIGSTOP)
+        assert fired.wait(30), "the watchdog never fired: its look at the silent store still waits"
+        # its bound (90% of the start-up timeout: 4.5 s) plus at most one bounded look
+        assert time.monotonic() - start < 4.5 + 7 + 3
+        w.stop()
+    finally:
+        server.kill()
+        os.kill(server.pid, signal.SIGCONT) if server.poll() is None else None
+        server.wait()
