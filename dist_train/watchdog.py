@@ -169,7 +169,7 @@ class Watchdog(NoWatchdog):
         self._looking = threading.Thread(target=look, name="dist-train-watchdog-store", daemon=True)
         self._looking.start()
         self._looking.join(LOOK_WAIT_S)
-        if self._looking.is_alive():  # stuck on a silent connection: a later look makes a new one
+        if self._looking.is_alive():  # stuck on a silent connection: no look until it ends, then a new one
             self._store_client = None
         return found[0] if found else None
 
